@@ -1,0 +1,30 @@
+import type { ErrorInfo, WarningInfo } from './errors.js';
+import type { Media } from './media.js';
+
+export type ChangeAction = 'load' | 'eject' | 'change' | 'none';
+export type ResultOutcome = 'completed' | 'failed' | 'rejected';
+
+/** What one changeCD did to the drive: CONTRACT.md section 4 minus the envelope. */
+export interface ChangeResult {
+  readonly outcome: 'completed' | 'failed';
+  readonly action: ChangeAction;
+  readonly previous: Media | null;
+  readonly current: Media | null;
+  readonly warnings: readonly WarningInfo[];
+  readonly error: ErrorInfo | null;
+}
+
+/**
+ * How executing a command ended, for the consumer:
+ * - `result`: done or failed for good; publish the event, then ack;
+ * - `retry`: infrastructure trouble, outcome unknown; try again later (within a budget).
+ */
+export type Execution =
+  | { readonly kind: 'result'; readonly result: ChangeResult; readonly startedAt: Date; readonly finishedAt: Date; readonly replayed: boolean }
+  | { readonly kind: 'retry'; readonly error: ErrorInfo };
+
+export function actionFor(previous: Media | null, requested: Media | null, same: boolean): ChangeAction {
+  if (same) return 'none';
+  if (previous === null) return requested === null ? 'none' : 'load';
+  return requested === null ? 'eject' : 'change';
+}
