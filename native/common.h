@@ -1,0 +1,131 @@
+// Shared pieces of the binding: libvirt error capture and the promise-returning
+// AsyncWorker every libvirt call runs in (so the event loop never blocks on libvirt).
+#pragma once
+
+#include <napi.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include <functional>
+#include <string>
+
+namespace virt {
+
+// A copy of libvirt's thread-local last error, taken in the thread that failed:
+// virGetLastError() is per thread, so it must be read inside Execute(), never later.
+struct VirtError {
+  int code = 0;
+  int domain = 0;
+  int level = 0;
+  std::string message;
+};
+
+inline VirtError CaptureError(const char* fallback) {
+  VirtError e;
+  virErrorPtr last = virGetLastError();
+  if (last != nullptr) {
+    e.code = last->code;
+    e.domain = last->domain;
+    e.level = last->level;
+    e.message = last->message != nullptr ? last->message : fallback;
+  } else {
+    e.code = VIR_ERR_INTERNAL_ERROR;
+    e.domain = VIR_FROM_NONE;
+    e.level = VIR_ERR_ERROR;
+    e.message = fallback;
+  }
+  virResetLastError();
+  return e;
+}
+
+// For calls that must do more libvirt work after a failure (each entry point resets
+// the last error): the lambda captures early, and the worker prefers that copy.
+inline thread_local bool tlsHasCaptured = false;
+inline thread_local VirtError tlsCaptured;
+inline void CaptureNow(const char* fallback) {
+  tlsCaptured = CaptureError(fallback);
+  tlsHasCaptured = true;
+}
+
+inline Napi::Error MakeError(Napi::Env env, const VirtError& e) {
+  Napi::Error err = Napi::Error::New(env, e.message);
+  err.Set("code", Napi::Number::New(env, e.code));
+  err.Set("domain", Napi::Number::New(env, e.domain));
+  err.Set("level", Napi::Number::New(env, e.level));
+  err.Set("libvirt", Napi::Boolean::New(env, true));
+  return err;
+}
+
+// Runs `exec` on the libuv pool and settles a promise on the main thread. `exec`
+// returns false after a failed libvirt call; the error is captured right there.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  using Exec = std::function<bool()>;
+  using Done = std::function<Napi::Value(Napi::Env)>;
+
+  static Napi::Promise Start(Napi::Env env, const char* what, Exec exec, Done done) {
+    auto* w = new PromiseWorker(env, what, std::move(exec), std::move(done));
+    Napi::Promise p = w->deferred_.Promise();
+    w->Queue();
+    return p;
+  }
+
+  void Execute() override {
+    tlsHasCaptured = false;
+    if (!exec_()) {
+      failed_ = true;
+      err_ = tlsHasCaptured ? tlsCaptured : CaptureError(what_.c_str());
+    }
+    tlsHasCaptured = false;
+    // Drops the handle references the call captured here, in the pool thread: every
+    // libvirt entry point (virDomainFree too) resets the thread's last error, so this
+    // must come after the capture, and a last unref may be an RPC.
+    exec_ = nullptr;
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (failed_) {
+      deferred_.Reject(MakeError(env, err_).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(done_ ? done_(env) : env.Undefined());
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  PromiseWorker(Napi::Env env, const char* what, Exec exec, Done done)
+      : Napi::AsyncWorker(env, what),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        what_(what),
+        exec_(std::move(exec)),
+        done_(std::move(done)) {}
+
+  Napi::Promise::Deferred deferred_;
+  std::string what_;
+  Exec exec_;
+  Done done_;
+  bool failed_ = false;
+  VirtError err_;
+};
+
+inline Napi::Promise RejectedPromise(Napi::Env env, const std::string& message) {
+  auto d = Napi::Promise::Deferred::New(env);
+  d.Reject(Napi::Error::New(env, message).Value());
+  return d.Promise();
+}
+
+// Per-addon-instance state (the module may be loaded in several worker threads).
+struct AddonData {
+  Napi::FunctionReference connectionCtor;
+  Napi::FunctionReference domainCtor;
+};
+
+void EnsureEventLoop();
+
+}  // namespace virt
