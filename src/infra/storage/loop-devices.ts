@@ -1,0 +1,78 @@
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { errnoOf } from './storage.errors.js';
+
+/** A loop device as the kernel describes it in /sys/block/loopN. */
+export interface LoopMapping {
+  readonly device: string;
+  readonly name: string;
+  /** `major:minor` of the loop device itself. */
+  readonly devNo: string;
+  readonly backingFile: string;
+  readonly offset: number;
+  readonly sizeLimit: number;
+  /** Set by `losetup -d` on an open device: it vanishes on last close. */
+  readonly autoclear: boolean;
+}
+
+const SYS_BLOCK = '/sys/block';
+
+async function readSys(path: string): Promise<string | null> {
+  try {
+    return (await readFile(path, 'utf8')).trim();
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ENXIO') return null;
+    throw err;
+  }
+}
+
+/**
+ * Every attached loop device, read from sysfs: no process to spawn, and it is the
+ * kernel's truth, which survives a worker restart.
+ */
+export async function listLoopMappings(): Promise<LoopMapping[]> {
+  const names = (await readdir(SYS_BLOCK)).filter((n) => /^loop\d+$/.test(n));
+  const found = await Promise.all(
+    names.map(async (name): Promise<LoopMapping | null> => {
+      const dir = `${SYS_BLOCK}/${name}/loop`;
+      // A detached device keeps its sysfs node but has no loop/ directory.
+      const backingFile = await readSys(`${dir}/backing_file`);
+      if (backingFile === null) return null;
+      const [offset, sizeLimit, autoclear, devNo] = await Promise.all([
+        readSys(`${dir}/offset`),
+        readSys(`${dir}/sizelimit`),
+        readSys(`${dir}/autoclear`),
+        readSys(`${SYS_BLOCK}/${name}/dev`),
+      ]);
+      if (offset === null || sizeLimit === null || devNo === null) return null;
+      return {
+        device: `/dev/${name}`,
+        name,
+        devNo,
+        backingFile: backingFile.replace(/ \(deleted\)$/, ''),
+        offset: Number(offset),
+        sizeLimit: Number(sizeLimit),
+        autoclear: autoclear === '1',
+      };
+    }),
+  );
+  return found.filter((m): m is LoopMapping => m !== null);
+}
+
+/** `major:minor` of a block device node, or null when it is not one (or is gone). */
+export async function blockDevNo(path: string): Promise<string | null> {
+  try {
+    const st = await stat(path);
+    if (!st.isBlockDevice()) return null;
+    return devNoOf(st.rdev);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ENOTDIR') return null;
+    throw err;
+  }
+}
+
+/** Linux's encoding of dev_t (glibc `major()`/`minor()`), as sysfs prints it. */
+export function devNoOf(rdev: number): string {
+  const major = ((rdev >>> 8) & 0xfff) | Math.floor(rdev / 2 ** 32) & ~0xfff;
+  const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+  return `${major}:${minor}`;
+}
