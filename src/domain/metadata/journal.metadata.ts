@@ -33,7 +33,6 @@ export interface DoneRecord {
   readonly drive: string;
   readonly result: ChangeResult;
   readonly startedAt: string;
-  readonly finishedAt: string;
 }
 
 export type JournalRecord = PendingRecord | DoneRecord;

@@ -124,7 +124,7 @@ export function parseXml(xml: string): XmlElement {
 }
 
 export function buildXml(root: XmlElement): string {
-  return builder.build([root]) as string;
+  return builder.build([root]);
 }
 
 /**

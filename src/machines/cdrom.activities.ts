@@ -1,0 +1,214 @@
+import { CdromError, toCdromError, type WarningInfo } from '../domain/errors.js';
+import { KeyedMutex } from '../domain/keyed-mutex.js';
+import { isPdiv, type Media, type Pdiv } from '../domain/media.js';
+import { Journal, type JournalRecord, type PendingRecord, type DoneRecord } from '../domain/metadata/journal.metadata.js';
+import { VmMetadata, type CdState, type DriveMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
+import { JOURNAL_NS, OVIRT_VM_NS, type DriveSource, type HypervisorPort, type PreparedVolume, type StoragePort, type TeardownResult } from '../domain/ports.js';
+import { decideRecovery, sourceHolds, volumesToCheck, type RecoveryRow } from '../domain/recovery.js';
+import { NO_FAILPOINTS, type Failpoint, type Failpoints } from '../infra/failpoints.js';
+
+/**
+ * The side effects of the CD-ROM machine ("activities"), made from injected ports. The
+ * machine only sees their types; tests build them over the fakes. Each is idempotent
+ * where the design page needs it to be, and every failure is a `CdromError`.
+ */
+
+export type MetadataEdit =
+  | { readonly op: 'add'; readonly pdiv: Pdiv; readonly state: CdState }
+  | { readonly op: 'mark'; readonly pdiv: Pdiv; readonly state: CdState }
+  | { readonly op: 'clear-state'; readonly state: CdState }
+  | { readonly op: 'remove'; readonly state: CdState };
+
+export interface DriveRef {
+  readonly vmId: string;
+  readonly drive: string;
+}
+
+export interface Inspection {
+  readonly source: DriveSource | null;
+  readonly metadata: DriveMetadata;
+  /** what the drive holds, in the command's media form */
+  readonly current: Media | null;
+  readonly record: JournalRecord | undefined;
+  /** a flow was in progress (state= or vdsm <change>) */
+  readonly pending: boolean;
+}
+
+export interface RecoveryReport {
+  readonly row: RecoveryRow;
+  readonly steps: number;
+  readonly warnings: readonly WarningInfo[];
+}
+
+export interface Activities {
+  inspect(input: DriveRef & { readonly commandId: string | null }): Promise<Inspection>;
+  recover(input: DriveRef): Promise<RecoveryReport>;
+  editMetadata(input: DriveRef & { readonly edits: readonly MetadataEdit[]; readonly failpoint?: Failpoint }): Promise<void>;
+  writeJournal(input: DriveRef & { readonly record: Omit<PendingRecord, 'status'> | Omit<DoneRecord, 'status'> }): Promise<void>;
+  prepareVolume(input: { readonly media: Media }): Promise<PreparedVolume>;
+  updateDevice(input: DriveRef & { readonly source: DriveSource | null }): Promise<void>;
+  teardownVolume(input: { readonly media: Media; readonly failpoint?: Failpoint }): Promise<TeardownResult>;
+}
+
+export interface ActivityDeps {
+  readonly hypervisor: HypervisorPort;
+  readonly storage: StoragePort;
+  readonly failpoints?: Failpoints;
+  /** shared by everything that rewrites a domain's metadata in this process */
+  readonly metadataLocks?: KeyedMutex;
+}
+
+export function createActivities(deps: ActivityDeps): Activities {
+  const { hypervisor, storage } = deps;
+  const fp = deps.failpoints ?? NO_FAILPOINTS;
+  const locks = deps.metadataLocks ?? new KeyedMutex();
+
+  /** Serialised read-modify-write of one namespace of one domain; skips no-op writes. */
+  async function rewrite(vmId: string, ns: typeof OVIRT_VM_NS | typeof JOURNAL_NS, edit: (xml: string | null) => string): Promise<void> {
+    await locks.run(`${vmId.toLowerCase()}|${ns.uri}`, async () => {
+      const before = await hypervisor.getMetadata(vmId, ns);
+      const after = edit(before);
+      if (after !== before) await hypervisor.setMetadata(vmId, ns, after);
+    });
+  }
+
+  function applyEdits(md: VmMetadata, drive: string, edits: readonly MetadataEdit[]): VmMetadata {
+    return edits.reduce((acc, e) => {
+      switch (e.op) {
+        case 'add':
+          return acc.addEntry(drive, e.pdiv, e.state);
+        case 'mark':
+          return acc.markEntry(drive, e.pdiv, e.state);
+        case 'clear-state':
+          return acc.clearState(drive, e.state);
+        case 'remove':
+          return acc.removeEntry(drive, e.state);
+      }
+      return acc;
+    }, md);
+  }
+
+  async function inspect({ vmId, drive, commandId }: DriveRef & { commandId: string | null }): Promise<Inspection> {
+    const [source, mdXml, journalXml] = await Promise.all([
+      hypervisor.readDrive(vmId, drive),
+      hypervisor.getMetadata(vmId, OVIRT_VM_NS),
+      commandId === null ? Promise.resolve(null) : hypervisor.getMetadata(vmId, JOURNAL_NS),
+    ]);
+    const metadata = parseMetadata(mdXml).drive(drive);
+    const record = commandId === null ? undefined : Journal.parse(journalXml).find(drive, commandId);
+    const pending = metadata.change !== null || metadata.entries.some((e) => e.state !== null);
+    return { source, metadata, current: currentMedia(source, metadata), record, pending };
+  }
+
+  async function recover({ vmId, drive }: DriveRef): Promise<RecoveryReport> {
+    const [source, mdXml] = await Promise.all([hypervisor.readDrive(vmId, drive), hypervisor.getMetadata(vmId, OVIRT_VM_NS)]);
+    const metadata = parseMetadata(mdXml).drive(drive);
+    const volumes = volumesToCheck(metadata);
+    const active = new Set<string>();
+    await Promise.all(
+      volumes.map(async (p) => {
+        if ((await storage.volumeActivation(p)) === 'active') active.add(p.volumeID.toLowerCase());
+      }),
+    );
+    const decision = decideRecovery({ metadata, source, isActive: (p) => active.has(p.volumeID.toLowerCase()) });
+    const warnings: WarningInfo[] = [];
+    const edits: ((md: VmMetadata) => VmMetadata)[] = [];
+    for (const step of decision.steps) {
+      switch (step.kind) {
+        case 'teardown': {
+          const res = await storage.teardownVolume(step.pdiv).catch((err: unknown) => {
+            warnings.push({ code: 'TEARDOWN_FAILED', message: toCdromError(err).message });
+            return 'failed' as const;
+          });
+          if (res === 'in-use') warnings.push({ code: 'VOLUME_IN_USE', message: `volume ${step.pdiv.volumeID} is in use elsewhere; left active` });
+          break;
+        }
+        case 'clear-state':
+          edits.push((md) => md.clearState(drive, step.state));
+          break;
+        case 'remove-entry':
+          edits.push((md) => md.removeEntry(drive, step.state));
+          break;
+        case 'commit-change':
+          edits.push((md) => md.commitChange(drive));
+          break;
+        case 'discard-change':
+          edits.push((md) => md.discardChange(drive));
+          break;
+      }
+    }
+    if (edits.length > 0) {
+      await rewrite(vmId, OVIRT_VM_NS, (xml) => {
+        const md = edits.reduce((acc, e) => e(acc), parseMetadata(xml));
+        return md.toXml();
+      });
+    }
+    return { row: decision.row, steps: decision.steps.length, warnings };
+  }
+
+  return {
+    inspect,
+    recover,
+
+    async editMetadata({ vmId, drive, edits, failpoint }) {
+      if (failpoint !== undefined) fp.before(failpoint);
+      if (edits.length > 0) {
+        await rewrite(vmId, OVIRT_VM_NS, (xml) => {
+          const md = parseMetadata(xml);
+          const next = applyEdits(md, drive, edits);
+          return next === md ? (xml ?? '') : next.toXml();
+        });
+      }
+      if (failpoint !== undefined) fp.after(failpoint);
+    },
+
+    async writeJournal({ vmId, record }) {
+      await rewrite(vmId, JOURNAL_NS, (xml) => {
+        const journal = Journal.parse(xml);
+        return ('result' in record ? journal.withDone(record) : journal.withPending(record)).toXml();
+      });
+    },
+
+    async prepareVolume({ media }) {
+      fp.before('prepare');
+      const prepared = await storage.prepareVolume(media);
+      fp.after('prepare');
+      return prepared;
+    },
+
+    async updateDevice({ vmId, drive, source }) {
+      fp.before('libvirt-update');
+      await hypervisor.updateDevice(vmId, drive, source);
+      fp.after('libvirt-update');
+    },
+
+    async teardownVolume({ media, failpoint }) {
+      if (failpoint !== undefined) fp.before(failpoint);
+      const res = await storage.teardownVolume(media);
+      if (failpoint !== undefined) fp.after(failpoint);
+      return res;
+    },
+  };
+}
+
+function parseMetadata(xml: string | null): VmMetadata {
+  try {
+    return VmMetadata.parse(xml);
+  } catch (err) {
+    throw new CdromError('INTERNAL', (err as Error).message, { cause: err });
+  }
+}
+
+/**
+ * What the drive holds, in the command's media form: the PDIV the metadata names for the
+ * drive's source, else the bare path (a legacy ISO, or a source the metadata lost).
+ */
+export function currentMedia(source: DriveSource | null, metadata: DriveMetadata): Media | null {
+  if (source === null) return null;
+  const named = [...metadata.entries.map((e) => e.pdiv), metadata.change?.pdiv ?? null].find((p) => p !== null && sourceHolds(source, p));
+  return named ?? { path: source.path };
+}
+
+export function pdivOrNull(m: Media | null): Pdiv | null {
+  return isPdiv(m) ? m : null;
+}

@@ -1,0 +1,171 @@
+import { createActor, type Actor } from 'xstate';
+import type { ChangeCdCommand } from '../contracts/schemas.js';
+import { driveKey } from '../domain/media.js';
+import type { Execution } from '../domain/outcome.js';
+import type { Logger } from '../infra/logging.js';
+import type { Activities } from './cdrom.activities.js';
+import { createCdromMachine, type CdromEvent, type CdromMachine, type Settlement } from './cdrom.machine.js';
+import type { CommandExecutor } from './executor.js';
+
+/**
+ * One CD-ROM actor per (vmId, drive), created when a request for it arrives and stopped
+ * when its queue runs dry, so memory follows the drives in flight, not every drive ever
+ * seen. Requests for one drive run strictly one at a time in arrival order; different
+ * drives run concurrently, at most `concurrency` at once.
+ */
+
+export interface RegistryOptions {
+  readonly activities: Activities;
+  readonly concurrency: number;
+  readonly stepTimeoutMs: number;
+  readonly log: Logger;
+  readonly now?: () => Date;
+  /** called once per settled request, e.g. for metrics */
+  readonly observe?: (event: { vmId: string; drive: string; settlement: Settlement; durationMs: number }) => void;
+}
+
+interface Job {
+  /** built when the work begins, so that startedAt is then and not at enqueue time */
+  readonly makeEvent: (startedAt: Date) => CdromEvent;
+  readonly resolve: (s: { settlement: Settlement; startedAt: Date; finishedAt: Date }) => void;
+}
+
+interface Slot {
+  readonly vmId: string;
+  readonly drive: string;
+  readonly queue: Job[];
+  actor: Actor<CdromMachine> | null;
+  running: boolean;
+}
+
+export class DriveRegistry implements CommandExecutor {
+  private readonly machine: CdromMachine;
+  private readonly slots = new Map<string, Slot>();
+  private readonly waiting: (() => void)[] = [];
+  private inFlight = 0;
+  private closed = false;
+  private readonly now: () => Date;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: RegistryOptions) {
+    this.machine = createCdromMachine(opts.activities);
+    this.now = opts.now ?? (() => new Date());
+    this.log = opts.log.child({ component: 'registry' });
+  }
+
+  async execute(command: ChangeCdCommand): Promise<Execution> {
+    if (this.closed) {
+      return { kind: 'retry', error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } };
+    }
+    const log = this.log.child({ commandId: command.commandId, vmId: command.vmId, drive: command.drive });
+    const { settlement, startedAt, finishedAt } = await this.enqueue(command.vmId, command.drive, (startedAt) => ({
+      type: 'EXECUTE',
+      command,
+      startedAt: startedAt.toISOString(),
+    }));
+    const durationMs = finishedAt.getTime() - startedAt.getTime();
+    switch (settlement.kind) {
+      case 'result': {
+        const r = settlement.result;
+        log.info({ outcome: r.outcome, action: r.action, replayed: settlement.replayed, durationMs, warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined }, `changeCD ${r.outcome}`);
+        return { kind: 'result', result: r, startedAt, finishedAt, replayed: settlement.replayed };
+      }
+      case 'retry':
+        log.warn({ err: settlement.error, durationMs }, 'changeCD will be retried');
+        return { kind: 'retry', error: settlement.error };
+      case 'recovered':
+        // not produced for EXECUTE
+        return { kind: 'retry', error: { code: 'INTERNAL', message: 'unexpected recovery settlement', retryable: true } };
+    }
+  }
+
+  /** Reconcile one drive with what libvirt shows now, queued behind its commands. */
+  async recover(vmId: string, drive: string): Promise<Settlement> {
+    const { settlement } = await this.enqueue(vmId, drive, () => ({ type: 'RECOVER' }));
+    return settlement;
+  }
+
+  async drain(timeoutMs: number): Promise<void> {
+    this.closed = true;
+    const deadline = Date.now() + timeoutMs;
+    while (this.pending() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    for (const slot of this.slots.values()) slot.actor?.stop();
+  }
+
+  /** Drives with an actor alive now (in flight or queued). */
+  get liveDrives(): number {
+    return this.slots.size;
+  }
+
+  private pending(): number {
+    let n = 0;
+    for (const s of this.slots.values()) n += s.queue.length + (s.running ? 1 : 0);
+    return n;
+  }
+
+  private enqueue(vmId: string, drive: string, makeEvent: (startedAt: Date) => CdromEvent) {
+    const key = driveKey(vmId, drive);
+    let slot = this.slots.get(key);
+    if (slot === undefined) {
+      slot = { vmId, drive, queue: [], actor: null, running: false };
+      this.slots.set(key, slot);
+    }
+    const s = slot;
+    return new Promise<{ settlement: Settlement; startedAt: Date; finishedAt: Date }>((resolve) => {
+      s.queue.push({ makeEvent, resolve });
+      if (!s.running) void this.pump(key, s);
+    });
+  }
+
+  private async pump(key: string, slot: Slot): Promise<void> {
+    slot.running = true;
+    try {
+      for (let job = slot.queue.shift(); job !== undefined; job = slot.queue.shift()) {
+        await this.acquire();
+        try {
+          const startedAt = this.now();
+          const settlement = await this.run(slot, job.makeEvent(startedAt));
+          const finishedAt = this.now();
+          this.opts.observe?.({ vmId: slot.vmId, drive: slot.drive, settlement, durationMs: finishedAt.getTime() - startedAt.getTime() });
+          job.resolve({ settlement, startedAt, finishedAt });
+        } finally {
+          this.release();
+        }
+      }
+    } finally {
+      slot.running = false;
+      slot.actor?.stop();
+      slot.actor = null;
+      if (slot.queue.length === 0) this.slots.delete(key);
+      else void this.pump(key, slot);
+    }
+  }
+
+  private run(slot: Slot, event: CdromEvent): Promise<Settlement> {
+    if (slot.actor === null) {
+      slot.actor = createActor(this.machine, { input: { vmId: slot.vmId, drive: slot.drive, stepTimeoutMs: this.opts.stepTimeoutMs } });
+      slot.actor.start();
+    }
+    const actor = slot.actor;
+    return new Promise<Settlement>((resolve) => {
+      const sub = actor.on('settled', (e) => {
+        sub.unsubscribe();
+        resolve(e.settlement);
+      });
+      actor.send(event);
+    });
+  }
+
+  private acquire(): Promise<void> {
+    if (this.inFlight < this.opts.concurrency) {
+      this.inFlight += 1;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiting.push(() => { this.inFlight += 1; resolve(); }));
+  }
+
+  private release(): void {
+    this.inFlight -= 1;
+    this.waiting.shift()?.();
+  }
+}
