@@ -1,0 +1,210 @@
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { isAbsolute } from 'node:path';
+import { parseFailpoints, type Failpoint, type FailpointAction } from './infra/failpoints.js';
+
+/**
+ * The only reader of process.env (CONTRACT.md section 1). Everything is validated up
+ * front so a bad setting stops the process before it connects anywhere.
+ */
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/** Invalid configuration: `message` is one line naming the variable and what is wrong. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly code = 'CONFIG_INVALID';
+  constructor(
+    readonly variable: string,
+    problem: string,
+  ) {
+    super(`${variable}: ${problem}`.replace(/[\r\n]+/g, ' '));
+  }
+}
+
+export const HOST_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface TlsFiles {
+  readonly ca?: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+}
+
+/** What every command of the CLI needs to reach the bus. */
+export interface BusConfig {
+  readonly hostId: string;
+  readonly amqpUrls: readonly string[];
+  readonly tls: TlsFiles;
+  readonly declareTopology: boolean;
+}
+
+export interface RetryConfig {
+  /** Attempts after the first one before a retryable command is dead-lettered. */
+  readonly limit: number;
+  /** First backoff delay; doubles per attempt up to `maxDelayMs`. */
+  readonly baseDelayMs: number;
+  readonly maxDelayMs: number;
+}
+
+export interface Config extends BusConfig {
+  readonly libvirtUri: string;
+  readonly storageRoot: string;
+  readonly lvmActivation: 'dm' | 'loop';
+  readonly isoDirs: readonly string[];
+  readonly concurrency: number;
+  readonly httpPort: number;
+  readonly logLevel: LogLevel;
+  readonly failpoints: ReadonlyMap<Failpoint, FailpointAction>;
+  readonly retry: RetryConfig;
+  /** Upper bound of one libvirt or storage step; the executor turns it into TIMEOUT. */
+  readonly stepTimeoutMs: number;
+  /** How long shutdown waits for commands in flight before closing the connection. */
+  readonly drainTimeoutMs: number;
+}
+
+function str(env: Env, name: string): string | undefined {
+  const v = env[name];
+  return v === undefined || v.trim() === '' ? undefined : v.trim();
+}
+
+function int(env: Env, name: string, def: number, min: number, max: number): number {
+  const raw = str(env, name);
+  if (raw === undefined) return def;
+  if (!/^\d+$/.test(raw)) throw new ConfigError(name, `must be an integer, got ${JSON.stringify(raw)}`);
+  const n = Number(raw);
+  if (n < min || n > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+function flag(env: Env, name: string, def: boolean): boolean {
+  const raw = str(env, name);
+  if (raw === undefined) return def;
+  if (raw === '1' || raw === 'true') return true;
+  if (raw === '0' || raw === 'false') return false;
+  throw new ConfigError(name, `must be 0 or 1, got ${JSON.stringify(raw)}`);
+}
+
+function absPath(name: string, value: string): string {
+  if (!isAbsolute(value)) throw new ConfigError(name, `must be an absolute path, got ${JSON.stringify(value)}`);
+  return value.replace(/(.)\/+$/, '$1');
+}
+
+function readPem(env: Env, name: string): Buffer | undefined {
+  const path = str(env, name);
+  if (path === undefined) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new ConfigError(name, `cannot read ${JSON.stringify(path)} (${code})`);
+  }
+}
+
+/** The short host name: an FQDN's dots are not allowed in a host id. */
+function defaultHostId(): string {
+  return hostname().split('.')[0] ?? '';
+}
+
+function parseAmqpUrls(env: Env): string[] {
+  const name = 'CDROM_AMQP_URL';
+  const raw = str(env, name) ?? 'amqp://guest:guest@127.0.0.1:5672';
+  const urls = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  if (urls.length === 0) throw new ConfigError(name, 'is empty');
+  for (const [i, u] of urls.entries()) {
+    let parsed: URL;
+    try {
+      parsed = new URL(u);
+    } catch {
+      // The URL is not echoed: it may hold a password.
+      throw new ConfigError(name, `entry ${i + 1} is not a valid URL`);
+    }
+    if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+      throw new ConfigError(name, `entry ${i + 1} must start with amqp:// or amqps://, got ${parsed.protocol}//`);
+    }
+    if (parsed.hostname === '') throw new ConfigError(name, `entry ${i + 1} has no host`);
+  }
+  return urls;
+}
+
+/** The bus part of the configuration: what `send`, `events` and `dlq` need. */
+export function loadBusConfig(env: Env = process.env): BusConfig {
+  const hostId = str(env, 'CDROM_HOST_ID') ?? defaultHostId();
+  if (!HOST_ID_RE.test(hostId)) {
+    throw new ConfigError('CDROM_HOST_ID', `must match [A-Za-z0-9_-]{1,64}, got ${JSON.stringify(hostId)}`);
+  }
+  const amqpUrls = parseAmqpUrls(env);
+  const tls: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  const ca = readPem(env, 'CDROM_AMQP_CA');
+  const cert = readPem(env, 'CDROM_AMQP_CERT');
+  const key = readPem(env, 'CDROM_AMQP_KEY');
+  if (ca) tls.ca = ca;
+  if (cert) tls.cert = cert;
+  if (key) tls.key = key;
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new ConfigError(cert ? 'CDROM_AMQP_KEY' : 'CDROM_AMQP_CERT', 'a client certificate needs both CDROM_AMQP_CERT and CDROM_AMQP_KEY');
+  }
+  return Object.freeze({
+    hostId,
+    amqpUrls: Object.freeze(amqpUrls),
+    tls: Object.freeze(tls),
+    declareTopology: flag(env, 'CDROM_DECLARE_TOPOLOGY', true),
+  });
+}
+
+/** The whole worker configuration, validated and frozen. Throws ConfigError. */
+export function loadConfig(env: Env = process.env): Config {
+  const bus = loadBusConfig(env);
+  const storageRoot = absPath('CDROM_STORAGE_ROOT', str(env, 'CDROM_STORAGE_ROOT') ?? '/rhev/data-center');
+  const lvm = str(env, 'CDROM_LVM_ACTIVATION') ?? 'dm';
+  if (lvm !== 'dm' && lvm !== 'loop') throw new ConfigError('CDROM_LVM_ACTIVATION', `must be dm or loop, got ${JSON.stringify(lvm)}`);
+  const isoRaw = str(env, 'CDROM_ISO_DIRS') ?? `${storageRoot}/mnt`;
+  const isoDirs = isoRaw
+    .split(':')
+    .filter((s) => s !== '')
+    .map((d) => absPath('CDROM_ISO_DIRS', d));
+  if (isoDirs.length === 0) throw new ConfigError('CDROM_ISO_DIRS', 'names no directory');
+  const libvirtUri = str(env, 'CDROM_LIBVIRT_URI') ?? 'qemu:///system';
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(libvirtUri)) {
+    throw new ConfigError('CDROM_LIBVIRT_URI', `must be a libvirt URI like qemu:///system, got ${JSON.stringify(libvirtUri)}`);
+  }
+  const level = (str(env, 'CDROM_LOG_LEVEL') ?? 'info').toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+    throw new ConfigError('CDROM_LOG_LEVEL', `must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(level)}`);
+  }
+  let failpoints = new Map<Failpoint, FailpointAction>();
+  // Failpoints are parsed only when explicitly enabled, so a stray CDROM_FAILPOINT in a
+  // production environment can neither crash the worker nor stop it from starting.
+  if (flag(env, 'CDROM_ENABLE_FAILPOINTS', false)) {
+    try {
+      failpoints = parseFailpoints(str(env, 'CDROM_FAILPOINT') ?? '');
+    } catch (err) {
+      throw new ConfigError('CDROM_FAILPOINT', (err as Error).message);
+    }
+  }
+  const baseDelayMs = int(env, 'CDROM_RETRY_BASE_MS', 1000, 1, 600_000);
+  const retry: RetryConfig = Object.freeze({
+    limit: int(env, 'CDROM_RETRY_LIMIT', 5, 0, 1000),
+    baseDelayMs,
+    maxDelayMs: Math.max(baseDelayMs, int(env, 'CDROM_RETRY_MAX_MS', 30_000, 1, 3_600_000)),
+  });
+  return Object.freeze({
+    ...bus,
+    libvirtUri,
+    storageRoot,
+    lvmActivation: lvm,
+    isoDirs: Object.freeze(isoDirs),
+    concurrency: int(env, 'CDROM_CONCURRENCY', 16, 1, 10_000),
+    httpPort: int(env, 'CDROM_HTTP_PORT', 9464, 0, 65_535),
+    logLevel: level as LogLevel,
+    failpoints,
+    retry,
+    stepTimeoutMs: int(env, 'CDROM_STEP_TIMEOUT_MS', 60_000, 1, 3_600_000),
+    drainTimeoutMs: int(env, 'CDROM_DRAIN_TIMEOUT_MS', 30_000, 0, 3_600_000),
+  });
+}
+
+export function isConfigError(err: unknown): err is ConfigError {
+  return err instanceof ConfigError || (err instanceof Error && err.name === 'ConfigError');
+}

@@ -1,0 +1,222 @@
+import type { Channel, ConsumeMessage } from 'amqplib';
+import { decodeCommand } from '../contracts/command.decode.js';
+import type { ChangeCdCommand } from '../contracts/schemas.js';
+import type { RetryConfig } from '../config.js';
+import type { ErrorInfo } from '../domain/errors.js';
+import type { Execution } from '../domain/outcome.js';
+import { NO_FAILPOINTS, type Failpoints } from '../infra/failpoints.js';
+import type { Logger } from '../infra/logging.js';
+import type { Metrics } from '../infra/metrics.js';
+import type { CommandExecutor } from '../machines/executor.js';
+import type { Bus, BusSession } from './connection.js';
+import { EventPublisher, exhaustedEvent, rejectedEvent, resultEvent, type ReplyTarget } from './events.publisher.js';
+import { ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, headersOf, optString, previousDeliveries, republishOptions } from './message-props.js';
+import { DEAD_EXCHANGE, commandsQueue, ensureTopology } from './topology.js';
+
+export interface CommandConsumerDeps {
+  readonly bus: Bus;
+  readonly hostId: string;
+  readonly concurrency: number;
+  readonly declareTopology: boolean;
+  readonly executor: CommandExecutor;
+  readonly retry: RetryConfig;
+  readonly logger: Logger;
+  readonly failpoints?: Failpoints;
+  readonly metrics?: Metrics;
+  /** Called after every (re)attach of the consumer. */
+  readonly onAttached?: () => void;
+}
+
+type Settle = 'ack' | 'leave';
+
+/**
+ * Consumes `cdrom.commands.<hostId>`: decode → execute → event (confirmed) → ack.
+ * A message is never acked before everything it needs is confirmed; anything that goes
+ * wrong before the ack leaves it unacked, so the broker redelivers it and the executor
+ * answers the repeat from its journal.
+ */
+export class CommandConsumer {
+  private readonly log: Logger;
+  private readonly events: EventPublisher;
+  private readonly failpoints: Failpoints;
+  private stopping = false;
+  private consumer: { channel: Channel; tag: string; session: BusSession } | null = null;
+  private inFlight = 0;
+  private idleWaiters: Array<() => void> = [];
+  private readonly backoffs = new Set<() => void>();
+
+  constructor(private readonly deps: CommandConsumerDeps) {
+    this.log = deps.logger.child({ component: 'commands-consumer' });
+    this.events = new EventPublisher(deps.bus, deps.hostId);
+    this.failpoints = deps.failpoints ?? NO_FAILPOINTS;
+  }
+
+  /** Declares the topology and attaches the consumer now and after every reconnect. */
+  attach(): void {
+    this.deps.bus.addSetup(async (session) => {
+      const ch = await session.openChannel();
+      await ensureTopology(ch, this.deps.hostId, this.deps.declareTopology);
+      if (this.stopping) return;
+      await ch.prefetch(this.deps.concurrency);
+      const { consumerTag } = await ch.consume(commandsQueue(this.deps.hostId), (msg) => this.onMessage(session, ch, msg), { noAck: false });
+      this.consumer = { channel: ch, tag: consumerTag, session };
+      this.log.info({ queue: commandsQueue(this.deps.hostId), prefetch: this.deps.concurrency, generation: session.generation }, 'consumer attached');
+      this.deps.onAttached?.();
+    });
+  }
+
+  get busy(): number {
+    return this.inFlight;
+  }
+
+  /** Stop taking new messages; messages waiting for a retry are left to be redelivered. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    for (const wake of this.backoffs) wake();
+    const c = this.consumer;
+    this.consumer = null;
+    if (c && c.session.alive) await c.channel.cancel(c.tag).catch(() => undefined);
+  }
+
+  /** Resolves when no message is being handled, or after `timeoutMs`. */
+  idle(timeoutMs: number): Promise<boolean> {
+    if (this.inFlight === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => resolve(false), timeoutMs);
+      this.idleWaiters.push(() => {
+        clearTimeout(t);
+        resolve(true);
+      });
+    });
+  }
+
+  private onMessage(session: BusSession, ch: Channel, msg: ConsumeMessage | null): void {
+    if (msg === null) {
+      // The broker cancelled us (queue deleted or failed over): start over on a new connection.
+      this.deps.bus.fail(session, new Error('consumer cancelled by the broker'));
+      return;
+    }
+    this.inFlight++;
+    this.deps.metrics?.inFlight.inc();
+    this.handle(msg)
+      .then((settle) => {
+        if (settle === 'ack') this.ack(session, ch, msg);
+      })
+      .catch((err: unknown) => {
+        // Only a closed bus gets here: the message stays unacked and is redelivered.
+        this.log.warn({ err }, 'message left unacknowledged');
+      })
+      .finally(() => {
+        this.inFlight--;
+        this.deps.metrics?.inFlight.dec();
+        if (this.inFlight === 0) {
+          const w = this.idleWaiters;
+          this.idleWaiters = [];
+          for (const f of w) f();
+        }
+      });
+  }
+
+  private ack(session: BusSession, ch: Channel, msg: ConsumeMessage): void {
+    if (!session.alive) {
+      // The delivery tag died with its channel; the broker redelivers the message and
+      // the executor answers the repeat from its journal.
+      this.log.info({ deliveryTag: msg.fields.deliveryTag }, 'connection lost before the ack; message will be redelivered');
+      return;
+    }
+    try {
+      ch.ack(msg);
+    } catch (err) {
+      this.log.warn({ err }, 'ack failed; message will be redelivered');
+    }
+  }
+
+  private async handle(msg: ConsumeMessage): Promise<Settle> {
+    const reply: ReplyTarget = { replyTo: optString(msg.properties.replyTo), correlationId: optString(msg.properties.correlationId) };
+    const decoded = decodeCommand(msg.content);
+    if (!decoded.ok) {
+      const { rejection } = decoded;
+      this.log.warn({ commandId: rejection.ids.commandId, vmId: rejection.ids.vmId, drive: rejection.ids.drive, field: rejection.field, reason: rejection.message }, 'command rejected');
+      await Promise.all([
+        this.events.publish(rejectedEvent(this.deps.hostId, rejection, new Date()), reply),
+        this.deadLetter(msg, { code: rejection.code, message: rejection.message, retryable: false }),
+      ]);
+      this.deps.metrics?.commands.inc({ outcome: 'rejected', action: 'none' });
+      this.deps.metrics?.deadLettered.inc({ reason: 'rejected' });
+      return 'ack';
+    }
+    return this.run(decoded.command, msg, reply);
+  }
+
+  private async run(cmd: ChangeCdCommand, msg: ConsumeMessage, reply: ReplyTarget): Promise<Settle> {
+    const log = this.log.child({ commandId: cmd.commandId, vmId: cmd.vmId, drive: cmd.drive });
+    const { limit } = this.deps.retry;
+    // Deliveries that ended without an ack (crash, lost broker) count against the budget,
+    // so a message that keeps killing the worker ends in the dead letters too.
+    let attempts = previousDeliveries(msg);
+    const startedAt = new Date();
+    let lastError: ErrorInfo = { code: 'INTERNAL', message: `delivered ${attempts} times without an outcome (worker crashed or lost the broker)`, retryable: true };
+    while (attempts <= limit) {
+      if (this.stopping) return 'leave';
+      const exec = await this.execute(cmd);
+      if (exec.kind === 'result') {
+        await this.events.publish(resultEvent(this.deps.hostId, cmd, exec.result, exec.startedAt, exec.finishedAt), reply);
+        log.info({ outcome: exec.result.outcome, action: exec.result.action, replayed: exec.replayed, durationMs: exec.finishedAt.getTime() - exec.startedAt.getTime() }, 'command finished');
+        this.deps.metrics?.commands.inc({ outcome: exec.result.outcome, action: exec.result.action });
+        this.failpoints.after('before-ack');
+        return 'ack';
+      }
+      lastError = exec.error;
+      attempts++;
+      if (attempts > limit) break;
+      const delay = this.backoff(attempts);
+      log.warn({ err: exec.error, attempt: attempts, limit, retryInMs: delay }, 'command hit infrastructure trouble; retrying');
+      this.deps.metrics?.retries.inc();
+      await this.sleep(delay);
+    }
+    log.error({ err: lastError, attempts, limit }, 'retry budget exhausted; dead-lettering');
+    await Promise.all([
+      this.events.publish(exhaustedEvent(this.deps.hostId, cmd, lastError, startedAt, new Date()), reply),
+      this.deadLetter(msg, lastError),
+    ]);
+    this.deps.metrics?.commands.inc({ outcome: 'failed', action: 'none' });
+    this.deps.metrics?.deadLettered.inc({ reason: 'retries-exhausted' });
+    return 'ack';
+  }
+
+  private async execute(cmd: ChangeCdCommand): Promise<Execution> {
+    try {
+      return await this.deps.executor.execute(cmd);
+    } catch (err) {
+      // The executor promises never to reject; if it does, its outcome is unknown.
+      return { kind: 'retry', error: { code: 'INTERNAL', message: err instanceof Error ? err.message : String(err), retryable: true } };
+    }
+  }
+
+  /** Exponential backoff with ±20 % jitter so retries of many commands do not align. */
+  private backoff(attempt: number): number {
+    const { baseDelayMs, maxDelayMs } = this.deps.retry;
+    const d = Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1));
+    return Math.round(d * (0.8 + Math.random() * 0.4));
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = (): void => {
+        clearTimeout(t);
+        this.backoffs.delete(wake);
+        resolve();
+      };
+      const t = setTimeout(wake, ms);
+      this.backoffs.add(wake);
+    });
+  }
+
+  /** The original message, body and properties unchanged, plus why, to cdrom.dead. */
+  private deadLetter(msg: ConsumeMessage, error: ErrorInfo): Promise<void> {
+    const headers = headersOf(msg.properties);
+    headers[ERROR_CODE_HEADER] = error.code;
+    headers[ERROR_MESSAGE_HEADER] = error.message.slice(0, 1000);
+    return this.deps.bus.publish(DEAD_EXCHANGE, this.deps.hostId, msg.content, republishOptions(msg.properties, headers));
+  }
+}

@@ -1,0 +1,269 @@
+import { connect, type Channel, type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
+import type { TlsFiles } from '../config.js';
+import { redactUrl, type Logger } from '../infra/logging.js';
+
+/**
+ * One AMQP connection that comes back by itself.
+ *
+ * Why our own reconnect loop rather than amqplib 2.x's `recovery` option:
+ * - `recovery` reconnects to one URL; CONTRACT.md section 1 wants a list of cluster
+ *   nodes tried in turn;
+ * - a publisher nack must be answered by a *new connection* (ENVIRONMENT.md: RabbitMQ
+ *   3.10 keeps nacking every publish on a channel opened during a quorum leader
+ *   election), and `recovery` has no way to drop a connection that is still up;
+ * - channels are not recovered by `recovery` either: setup has to rebuild them anyway,
+ *   so owning the loop costs ~60 lines and makes every (re)connect explicit: topology,
+ *   the confirm channel and the consumer are re-created in one place, in order.
+ */
+
+export interface BusErrorCode {
+  readonly code: 'BUS_CLOSED' | 'BUS_CONNECT_FAILED';
+}
+
+export class BusError extends Error implements BusErrorCode {
+  override readonly name = 'BusError';
+  constructor(
+    readonly code: 'BUS_CLOSED' | 'BUS_CONNECT_FAILED',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** One connected period: everything in it dies together when the connection drops. */
+export interface BusSession {
+  readonly generation: number;
+  readonly model: ChannelModel;
+  /** Confirm channel shared by every publisher of this session. */
+  readonly publisher: ConfirmChannel;
+  readonly url: string;
+  alive: boolean;
+  /** A channel that is closed with the session; its unexpected close ends the session. */
+  openChannel(): Promise<Channel>;
+}
+
+export type SetupHook = (session: BusSession) => Promise<void>;
+
+export interface BusOptions {
+  readonly urls: readonly string[];
+  readonly tls?: TlsFiles;
+  readonly logger: Logger;
+  readonly heartbeatSec?: number;
+  readonly reconnectInitialMs?: number;
+  readonly reconnectMaxMs?: number;
+  readonly connectionName?: string;
+  /** Called with true on every connect, false on every loss. */
+  readonly onConnected?: (connected: boolean) => void;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export class Bus {
+  private session: BusSession | null = null;
+  private generation = 0;
+  private closed = false;
+  private readonly hooks: SetupHook[] = [];
+  private waiters: Array<(s: BusSession) => void> = [];
+  private loop: Promise<void> | null = null;
+  private urlIndex = 0;
+  private wake: (() => void) | null = null;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: BusOptions) {
+    this.log = opts.logger.child({ component: 'bus' });
+  }
+
+  /** Runs on every (re)connect, in the order added, after the confirm channel is open. */
+  addSetup(hook: SetupHook): void {
+    this.hooks.push(hook);
+    if (this.session?.alive) void hook(this.session).catch((err: unknown) => this.fail(this.session, err));
+  }
+
+  get connected(): boolean {
+    return this.session?.alive === true;
+  }
+
+  /** Starts the reconnect loop; resolves on the first successful connect. */
+  start(): Promise<BusSession> {
+    this.loop ??= this.run();
+    return this.ready();
+  }
+
+  /** The live session, waiting for the next connect when there is none. */
+  ready(): Promise<BusSession> {
+    if (this.closed) return Promise.reject(new BusError('BUS_CLOSED', 'the bus is closed'));
+    if (this.session?.alive) return Promise.resolve(this.session);
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /**
+   * Publish and wait for the broker's confirm. A nack or a lost channel never retries on
+   * the same channel: the connection is dropped and the message republished on the next
+   * one. Resolves once confirmed; rejects only when the bus is closed.
+   */
+  async publish(exchange: string, routingKey: string, content: Buffer, options: Options.Publish): Promise<void> {
+    for (;;) {
+      const session = await this.ready();
+      try {
+        await new Promise<void>((resolve, reject) => {
+          session.publisher.publish(exchange, routingKey, content, options, (err: unknown) => (err ? reject(toError(err)) : resolve()));
+        });
+        return;
+      } catch (err) {
+        if (this.closed) throw new BusError('BUS_CLOSED', 'the bus closed before the publish was confirmed');
+        this.log.warn({ err, exchange, routingKey }, 'publish not confirmed; republishing on a new connection');
+        this.fail(session, err);
+      }
+    }
+  }
+
+  /** Drop this session's connection (if still current) and let the loop reconnect. */
+  fail(session: BusSession | null, err: unknown): void {
+    if (session === null || !session.alive) return;
+    session.alive = false;
+    if (this.session === session) this.session = null;
+    this.opts.onConnected?.(false);
+    this.log.warn({ err: toError(err), generation: session.generation }, 'broker connection lost');
+    session.model.close().catch(() => undefined);
+    this.wake?.();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const s = this.session;
+    this.session = null;
+    this.wake?.();
+    if (s) {
+      s.alive = false;
+      this.opts.onConnected?.(false);
+      await s.model.close().catch(() => undefined);
+    }
+    await this.loop?.catch(() => undefined);
+  }
+
+  private async run(): Promise<void> {
+    let delay = this.opts.reconnectInitialMs ?? 100;
+    const maxDelay = this.opts.reconnectMaxMs ?? 5000;
+    while (!this.closed) {
+      const url = this.opts.urls[this.urlIndex % this.opts.urls.length] ?? '';
+      let session: BusSession | null = null;
+      try {
+        session = await this.connectOnce(url);
+        for (const hook of this.hooks) await hook(session);
+        if (this.closed) {
+          await session.model.close().catch(() => undefined);
+          return;
+        }
+        if (!session.alive) throw new Error('connection lost during setup');
+        delay = this.opts.reconnectInitialMs ?? 100;
+        this.session = session;
+        this.opts.onConnected?.(true);
+        this.log.info({ broker: redactUrl(url), generation: session.generation }, 'broker connected');
+        const waiters = this.waiters;
+        this.waiters = [];
+        for (const w of waiters) w(session);
+        await this.untilLost(session);
+      } catch (err) {
+        if (session) {
+          session.alive = false;
+          await session.model.close().catch(() => undefined);
+        }
+        if (this.closed) return;
+        this.log.warn({ err: toError(err), broker: redactUrl(url), retryInMs: delay }, 'broker connect failed');
+        // The next node of the list first: a dead node should not hold us back.
+        this.urlIndex++;
+        await this.sleepUnlessClosed(delay);
+        delay = Math.min(maxDelay, delay * 2);
+      }
+    }
+  }
+
+  private untilLost(session: BusSession): Promise<void> {
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (!session.alive || this.closed) resolve();
+        else this.wake = check;
+      };
+      check();
+    });
+  }
+
+  private sleepUnlessClosed(ms: number): Promise<void> {
+    return Promise.race([sleep(ms), new Promise<void>((r) => (this.wake = r))]);
+  }
+
+  private async connectOnce(url: string): Promise<BusSession> {
+    const tls = this.opts.tls ?? {};
+    const model = await connect(withHeartbeat(url, this.opts.heartbeatSec ?? 10), {
+      // Without it every request/response round trip costs ~44 ms (Nagle + delayed ack).
+      noDelay: true,
+      timeout: 5000,
+      ...(tls.ca ? { ca: [tls.ca] } : {}),
+      ...(tls.cert ? { cert: tls.cert } : {}),
+      ...(tls.key ? { key: tls.key } : {}),
+      clientProperties: { connection_name: this.opts.connectionName ?? 'cdrom-worker' },
+    });
+    const generation = ++this.generation;
+    const channels: Channel[] = [];
+    // eslint-disable-next-line prefer-const -- assigned after the object that the closures capture
+    let session: BusSession;
+    const onLost = (err: unknown): void => this.fail(session, err ?? new Error('connection closed'));
+    model.on('error', (err: Error) => this.log.debug({ err }, 'connection error'));
+    model.on('close', onLost);
+    model.on('blocked', (reason: string) => this.log.warn({ reason }, 'broker blocked the connection'));
+    const track = <C extends Channel>(ch: C): C => {
+      channels.push(ch);
+      ch.on('error', (err: Error) => this.log.warn({ err }, 'channel error'));
+      // A channel closed by the broker (404, 406, precondition) leaves the session in an
+      // unknown state; a fresh connection re-runs every setup and is simpler to reason about.
+      ch.on('close', () => {
+        if (session.alive) onLost(new Error('channel closed by the broker'));
+      });
+      return ch;
+    };
+    const publisher = track(await model.createConfirmChannel());
+    session = {
+      generation,
+      model,
+      publisher,
+      url,
+      alive: true,
+      openChannel: async () => track(await model.createChannel()),
+    };
+    return session;
+  }
+}
+
+function withHeartbeat(url: string, seconds: number): string {
+  const u = new URL(url);
+  if (!u.searchParams.has('heartbeat')) u.searchParams.set('heartbeat', String(seconds));
+  return u.toString();
+}
+
+function toError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/**
+ * A plain, short-lived connection for the CLI tools (send, events, dlq): tries each URL
+ * once, in turn, and fails if none answers.
+ */
+export async function connectOnce(urls: readonly string[], tls: TlsFiles = {}): Promise<ChannelModel> {
+  let last: unknown = null;
+  for (const url of urls) {
+    try {
+      return await connect(withHeartbeat(url, 10), {
+        noDelay: true,
+        timeout: 5000,
+        ...(tls.ca ? { ca: [tls.ca] } : {}),
+        ...(tls.cert ? { cert: tls.cert } : {}),
+        ...(tls.key ? { key: tls.key } : {}),
+        clientProperties: { connection_name: 'cdrom-worker-cli' },
+      });
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw new BusError('BUS_CONNECT_FAILED', `no broker answered (${urls.map(redactUrl).join(', ')}): ${toError(last).message}`);
+}

@@ -1,0 +1,104 @@
+import { randomUUID } from 'node:crypto';
+import type { Options } from 'amqplib';
+import type { ChangeCdCommand, ResultEvent } from '../contracts/schemas.js';
+import type { Rejection } from '../contracts/command.decode.js';
+import type { ErrorInfo } from '../domain/errors.js';
+import type { ChangeResult, ResultOutcome } from '../domain/outcome.js';
+import type { Bus } from './connection.js';
+import { EVENTS_EXCHANGE, eventRoutingKey } from './topology.js';
+
+/** Where the sender asked for a copy of the result (AMQP reply_to + correlation_id). */
+export interface ReplyTarget {
+  readonly replyTo?: string | undefined;
+  readonly correlationId?: string | undefined;
+}
+
+function envelope(outcome: ResultOutcome, hostId: string, startedAt: Date, finishedAt: Date) {
+  const durationMs = Math.max(0, finishedAt.getTime() - startedAt.getTime());
+  return {
+    type: `changeCD.${outcome}` as const,
+    version: 1 as const,
+    hostId,
+    startedAt: startedAt.toISOString(),
+    // finishedAt is derived so that durationMs = finishedAt − startedAt holds exactly.
+    finishedAt: new Date(startedAt.getTime() + durationMs).toISOString(),
+    durationMs,
+  };
+}
+
+/** CONTRACT.md section 4 for an executed command (completed or failed). */
+export function resultEvent(hostId: string, cmd: ChangeCdCommand, result: ChangeResult, startedAt: Date, finishedAt: Date): ResultEvent {
+  return {
+    ...envelope(result.outcome, hostId, startedAt, finishedAt),
+    commandId: cmd.commandId,
+    vmId: cmd.vmId,
+    drive: cmd.drive,
+    action: result.action,
+    previous: result.previous,
+    current: result.current,
+    warnings: result.warnings.map((w) => ({ code: w.code, message: w.message })),
+    error: result.error === null ? null : { ...result.error },
+  };
+}
+
+/** A command that could not be understood: only the ids that are valid are named. */
+export function rejectedEvent(hostId: string, rejection: Rejection, at: Date): ResultEvent {
+  return {
+    ...envelope('rejected', hostId, at, at),
+    commandId: rejection.ids.commandId,
+    vmId: rejection.ids.vmId,
+    drive: rejection.ids.drive,
+    action: null,
+    previous: null,
+    current: null,
+    warnings: [],
+    error: { code: 'INVALID_COMMAND', message: rejection.message, retryable: false },
+  };
+}
+
+/**
+ * A command whose retry budget ran out: its outcome is unknown, so the drive's media
+ * are not claimed (`action`, `previous`, `current` null) and the error stays retryable.
+ */
+export function exhaustedEvent(hostId: string, cmd: ChangeCdCommand, error: ErrorInfo, startedAt: Date, finishedAt: Date): ResultEvent {
+  return {
+    ...envelope('failed', hostId, startedAt, finishedAt),
+    commandId: cmd.commandId,
+    vmId: cmd.vmId,
+    drive: cmd.drive,
+    action: null,
+    previous: null,
+    current: null,
+    warnings: [],
+    error: { code: error.code, message: error.message, retryable: true },
+  };
+}
+
+export function outcomeOf(event: ResultEvent): ResultOutcome {
+  return event.type.slice('changeCD.'.length) as ResultOutcome;
+}
+
+/** Publishes result events (persistent JSON) with confirms, plus the reply_to copy. */
+export class EventPublisher {
+  constructor(
+    private readonly bus: Bus,
+    private readonly hostId: string,
+  ) {}
+
+  /** Resolves once every copy is confirmed by the broker. */
+  async publish(event: ResultEvent, reply: ReplyTarget = {}): Promise<void> {
+    const body = Buffer.from(JSON.stringify(event));
+    const props: Options.Publish = {
+      persistent: true,
+      contentType: 'application/json',
+      messageId: randomUUID(),
+      timestamp: Math.floor(Date.now() / 1000),
+      type: event.type,
+      appId: 'cdrom-worker',
+      ...(reply.correlationId ? { correlationId: reply.correlationId } : {}),
+    };
+    const copies = [this.bus.publish(EVENTS_EXCHANGE, eventRoutingKey(this.hostId, outcomeOf(event)), body, props)];
+    if (reply.replyTo) copies.push(this.bus.publish('', reply.replyTo, body, props));
+    await Promise.all(copies);
+  }
+}

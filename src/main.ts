@@ -1,0 +1,171 @@
+import type { Config } from './config.js';
+import { Bus } from './consumers/connection.js';
+import { CommandConsumer } from './consumers/commands.consumer.js';
+import { CdromError } from './domain/errors.js';
+import { createFailpoints, type Failpoints } from './infra/failpoints.js';
+import { startHttpServer, type HealthState, type HttpServer } from './infra/http.js';
+import { createLogger, type Logger } from './infra/logging.js';
+import { createMetrics, type Metrics } from './infra/metrics.js';
+import type { CommandExecutor } from './machines/executor.js';
+
+/**
+ * The composition root: config → logger → adapters → executor → consumer. The only
+ * module that knows every other one.
+ */
+
+/** What the factory of the machines gets. */
+export interface WorkerDeps {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly metrics: Metrics;
+  readonly failpoints: Failpoints;
+}
+
+/** What the machines give the bus. */
+export interface WorkerParts {
+  readonly executor: CommandExecutor;
+  /** Startup recovery of every domain on this host; readiness waits for it. */
+  readonly recover?: () => Promise<void>;
+  /** Releases the adapters (libvirt connection, …) after the bus is closed. */
+  readonly close?: () => Promise<void>;
+}
+
+export type WorkerFactory = (deps: WorkerDeps) => Promise<WorkerParts>;
+
+/**
+ * The real adapters and executor: libvirt (src/infra/libvirt), storage
+ * (src/infra/storage `createStorage`) and the per-drive registry (src/machines).
+ * Wired here by the lead once they land; until then `run` needs an injected factory.
+ */
+export const createRealWorkerParts: WorkerFactory = () =>
+  Promise.reject(new CdromError('INTERNAL', 'the real executor is not wired into src/main.ts yet (createRealWorkerParts)'));
+
+export interface WorkerOptions {
+  readonly config: Config;
+  readonly logger?: Logger;
+  readonly createParts?: WorkerFactory;
+  /** Exit function of the crash failpoints; tests may replace it. */
+  readonly crash?: () => never;
+}
+
+export interface WorkerHandle {
+  readonly httpPort: number | null;
+  readonly health: Readonly<HealthState>;
+  readonly metrics: Metrics;
+  /** Stop consuming, drain, close. Idempotent; resolves when everything is closed. */
+  stop(reason?: string): Promise<void>;
+}
+
+export async function startWorker(options: WorkerOptions): Promise<WorkerHandle> {
+  const { config } = options;
+  const logger = (options.logger ?? createLogger({ level: config.logLevel })).child({ hostId: config.hostId });
+  const log = logger.child({ component: 'main' });
+  const metrics = createMetrics();
+  const failpoints = createFailpoints(new Map(config.failpoints), options.crash);
+  if (config.failpoints.size > 0) log.warn({ failpoints: [...config.failpoints.entries()] }, 'failpoints enabled');
+
+  const health: HealthState = { ready: false, live: true };
+  let recovered = false;
+  let attached = false;
+  const updateReady = (): void => {
+    health.ready = recovered && attached;
+  };
+
+  let http: HttpServer | null = null;
+  if (config.httpPort !== 0) http = await startHttpServer(config.httpPort, health, metrics.registry, logger);
+
+  let parts: WorkerParts;
+  try {
+    parts = await (options.createParts ?? createRealWorkerParts)({ config, logger, metrics, failpoints });
+  } catch (err) {
+    await http?.close();
+    throw err;
+  }
+
+  const bus = new Bus({
+    urls: config.amqpUrls,
+    tls: config.tls,
+    logger,
+    connectionName: `cdrom-worker ${config.hostId}`,
+    onConnected: (up) => {
+      metrics.brokerConnected.set(up ? 1 : 0);
+      if (!up) {
+        attached = false;
+        updateReady();
+      }
+    },
+  });
+  const consumer = new CommandConsumer({
+    bus,
+    hostId: config.hostId,
+    concurrency: config.concurrency,
+    declareTopology: config.declareTopology,
+    executor: parts.executor,
+    retry: config.retry,
+    logger,
+    failpoints,
+    metrics,
+    onAttached: () => {
+      attached = true;
+      updateReady();
+    },
+  });
+
+  let stopping: Promise<void> | null = null;
+  const stop = (reason = 'stop'): Promise<void> =>
+    (stopping ??= (async () => {
+      log.info({ reason, inFlight: consumer.busy }, 'shutting down');
+      health.ready = false;
+      await consumer.stop();
+      try {
+        await parts.executor.drain(config.drainTimeoutMs);
+      } catch (err) {
+        log.warn({ err }, 'drain did not finish; unfinished commands will be redelivered');
+      }
+      // The events of drained commands are still being confirmed; give them the same bound.
+      if (!(await consumer.idle(config.drainTimeoutMs))) log.warn({ inFlight: consumer.busy }, 'closing with commands unacknowledged; they will be redelivered');
+      await bus.close();
+      await parts.close?.().catch((err: unknown) => log.warn({ err }, 'closing adapters failed'));
+      health.live = false;
+      await http?.close();
+      log.info('stopped');
+    })());
+
+  try {
+    // Recovery first: a command must never meet a drive whose last change is half done.
+    if (parts.recover) {
+      const t0 = Date.now();
+      await parts.recover();
+      log.info({ durationMs: Date.now() - t0 }, 'startup recovery finished');
+    }
+    recovered = true;
+    consumer.attach();
+    await bus.start();
+  } catch (err) {
+    await stop('startup failed');
+    throw err;
+  }
+  updateReady();
+  log.info({ concurrency: config.concurrency, httpPort: http?.port ?? null }, 'worker ready');
+  return { httpPort: http?.port ?? null, health, metrics, stop };
+}
+
+/**
+ * SIGTERM/SIGINT stop the worker gracefully (a second signal exits at once: whatever is
+ * unacknowledged is redelivered). Resolves with the exit code once stopped.
+ */
+export function stopOnSignals(handle: WorkerHandle): Promise<number> {
+  return new Promise((resolve) => {
+    let signalled = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (signalled) process.exit(130);
+      signalled = true;
+      handle.stop(signal).then(
+        () => resolve(0),
+        () => resolve(1),
+      );
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+}
