@@ -9,6 +9,12 @@ import type {
 
 export type HypervisorStep = 'readDrive' | 'updateDevice' | 'getMetadata' | 'setMetadata' | 'listDomains';
 
+interface Failure {
+  readonly error: CdromError;
+  readonly ns: string | undefined;
+  skip: number;
+}
+
 interface FakeVm {
   name: string;
   active: boolean;
@@ -23,7 +29,7 @@ interface FakeVm {
  */
 export class FakeHypervisor implements HypervisorPort {
   private readonly vms = new Map<string, FakeVm>();
-  private readonly failures = new Map<HypervisorStep, CdromError[]>();
+  private readonly failures = new Map<HypervisorStep, Failure[]>();
   private readonly listeners = new Set<(e: DomainEvent) => void>();
   readonly calls: Record<HypervisorStep, number> = { readDrive: 0, updateDevice: 0, getMetadata: 0, setMetadata: 0, listDomains: 0 };
 
@@ -40,9 +46,13 @@ export class FakeHypervisor implements HypervisorPort {
     this.vms.delete(vmId.toLowerCase());
   }
 
-  failNext(step: HypervisorStep, error: CdromError = defaultError(step)): void {
+  /**
+   * Make a later call of `step` throw: the next one, or with `ns` only calls on that
+   * metadata namespace, and with `skip` only after that many matching calls succeeded.
+   */
+  failNext(step: HypervisorStep, opts: { error?: CdromError; ns?: string; skip?: number } = {}): void {
     const list = this.failures.get(step) ?? [];
-    list.push(error);
+    list.push({ error: opts.error ?? defaultError(step), ns: opts.ns, skip: opts.skip ?? 0 });
     this.failures.set(step, list);
   }
 
@@ -79,12 +89,12 @@ export class FakeHypervisor implements HypervisorPort {
   }
 
   async getMetadata(vmId: string, ns: MetadataNamespace): Promise<string | null> {
-    await this.step('getMetadata');
+    await this.step('getMetadata', ns.uri);
     return this.vm(vmId).metadata.get(ns.uri) ?? null;
   }
 
   async setMetadata(vmId: string, ns: MetadataNamespace, xml: string | null): Promise<void> {
-    await this.step('setMetadata');
+    await this.step('setMetadata', ns.uri);
     const vm = this.vm(vmId);
     if (xml === null) vm.metadata.delete(ns.uri);
     else vm.metadata.set(ns.uri, xml);
@@ -100,11 +110,19 @@ export class FakeHypervisor implements HypervisorPort {
     return () => this.listeners.delete(listener);
   }
 
-  private async step(step: HypervisorStep): Promise<void> {
+  private async step(step: HypervisorStep, ns?: string): Promise<void> {
     this.calls[step] += 1;
     await Promise.resolve();
-    const err = this.failures.get(step)?.shift();
-    if (err !== undefined) throw err;
+    const list = this.failures.get(step) ?? [];
+    const i = list.findIndex((f) => f.ns === undefined || f.ns === ns);
+    const f = list[i];
+    if (f === undefined) return;
+    if (f.skip > 0) {
+      f.skip -= 1;
+      return;
+    }
+    list.splice(i, 1);
+    throw f.error;
   }
 
   private vm(vmId: string): FakeVm {
