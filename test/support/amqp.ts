@@ -123,20 +123,22 @@ export async function messageCount(model: ChannelModel, queue: string): Promise<
   return n;
 }
 
-/**
- * Closes, on the broker side, every connection whose client named itself `name`: what
- * `rabbitmqctl close_all_connections` does to the worker, without disturbing the other
- * test files (and engineers) using the same broker.
- */
-export async function closeConnectionsNamed(name: string): Promise<number> {
+/** Broker-side ids of the connections whose client named itself `name`. */
+export async function connectionsNamed(name: string): Promise<string[]> {
   const { stdout } = await run('rabbitmqctl', ['-q', 'list_connections', 'pid', 'client_properties'], { timeout: 30_000 });
-  const pids = stdout
+  return stdout
     .split('\n')
-    .filter((line) => line.includes(`"${name}"`) || line.includes(`<<"${name}">>`))
+    .filter((line) => line.includes(`"${name}"`))
     .map((line) => line.split('\t')[0] ?? '')
     .filter((pid) => pid.startsWith('<'));
+}
+
+/**
+ * What `rabbitmqctl close_all_connections` does to the worker, limited to the given
+ * connections so the other test files (and engineers) sharing the broker are left alone.
+ */
+export async function closeConnections(pids: readonly string[]): Promise<void> {
   for (const pid of pids) await run('rabbitmqctl', ['-q', 'close_connection', pid, 'test: broker connection lost'], { timeout: 30_000 });
-  return pids.length;
 }
 
 export async function waitFor(pred: () => boolean | Promise<boolean>, timeoutMs = 10_000, what = 'condition'): Promise<void> {
