@@ -1,0 +1,161 @@
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Typed view of the project's own libvirt addon (native/, built to
+ * build/Release/virt.node by `npm ci`). Every method returning a Promise runs its
+ * libvirt call on the libuv pool; rejections are `VirtNativeError`s carrying libvirt's
+ * `code` (virErrorNumber), `domain` (virErrorDomain) and message.
+ */
+
+export interface VirtNativeError extends Error {
+  readonly code: number;
+  readonly domain: number;
+  readonly level: number;
+  readonly libvirt: true;
+}
+
+export function isVirtNativeError(err: unknown): err is VirtNativeError {
+  return err instanceof Error && (err as { libvirt?: unknown }).libvirt === true && typeof (err as { code?: unknown }).code === 'number';
+}
+
+export interface DomainSummary {
+  readonly name: string;
+  readonly uuid: string;
+  /** -1 when inactive */
+  readonly id: number;
+  readonly active: boolean;
+  readonly persistent: boolean;
+}
+
+export interface BlockInfo {
+  readonly capacity: number;
+  readonly allocation: number;
+  readonly physical: number;
+}
+
+export interface NativeDomain {
+  readonly name: string;
+  readonly uuid: string;
+  xmlDesc(flags?: number): Promise<string>;
+  isActive(): Promise<boolean>;
+  isPersistent(): Promise<boolean>;
+  updateDeviceFlags(xml: string, flags: number): Promise<void>;
+  getMetadata(type: number, uri: string | null, flags: number): Promise<string>;
+  /** `metadata` null removes the element of `uri`. `key` is the namespace prefix. */
+  setMetadata(type: number, metadata: string | null, key: string | null, uri: string | null, flags: number): Promise<void>;
+  create(flags?: number): Promise<void>;
+  destroy(): Promise<void>;
+  undefine(flags?: number): Promise<void>;
+  getBlockInfo(disk: string): Promise<BlockInfo>;
+}
+
+export type NativeEvent =
+  | { readonly kind: 'close'; readonly event: number; readonly detail: number }
+  | { readonly kind: 'lifecycle'; readonly uuid: string; readonly name: string; readonly event: number; readonly detail: number }
+  | { readonly kind: 'tray-change'; readonly uuid: string; readonly name: string; readonly device: string; readonly reason: number }
+  | { readonly kind: 'device-removed'; readonly uuid: string; readonly name: string; readonly device: string }
+  | { readonly kind: 'metadata-change'; readonly uuid: string; readonly name: string; readonly type: number; readonly nsUri: string | null };
+
+export interface NativeConnection {
+  close(): Promise<void>;
+  /** Local state only: false once the socket failed or keepalive timed out. */
+  isAlive(): boolean;
+  setKeepAlive(intervalSec: number, count: number): Promise<void>;
+  listAllDomains(flags?: number): Promise<DomainSummary[]>;
+  lookupByUUIDString(uuid: string): Promise<NativeDomain>;
+  lookupByName(name: string): Promise<NativeDomain>;
+  defineXML(xml: string): Promise<NativeDomain>;
+  createXML(xml: string, flags?: number): Promise<NativeDomain>;
+  /** Idempotent; events arrive at the listener given to `open`. */
+  registerDomainEvents(): Promise<void>;
+  deregisterDomainEvents(): Promise<void>;
+}
+
+export interface VirtConstants {
+  readonly VIR_DOMAIN_XML_SECURE: number;
+  readonly VIR_DOMAIN_XML_INACTIVE: number;
+  readonly VIR_DOMAIN_AFFECT_CURRENT: number;
+  readonly VIR_DOMAIN_AFFECT_LIVE: number;
+  readonly VIR_DOMAIN_AFFECT_CONFIG: number;
+  readonly VIR_DOMAIN_DEVICE_MODIFY_FORCE: number;
+  readonly VIR_DOMAIN_METADATA_ELEMENT: number;
+  readonly VIR_DOMAIN_NONE: number;
+  readonly VIR_DOMAIN_START_PAUSED: number;
+  readonly VIR_DOMAIN_UNDEFINE_NVRAM: number;
+  readonly VIR_DOMAIN_EVENT_DEFINED: number;
+  readonly VIR_DOMAIN_EVENT_UNDEFINED: number;
+  readonly VIR_DOMAIN_EVENT_STARTED: number;
+  readonly VIR_DOMAIN_EVENT_SUSPENDED: number;
+  readonly VIR_DOMAIN_EVENT_RESUMED: number;
+  readonly VIR_DOMAIN_EVENT_STOPPED: number;
+  readonly VIR_DOMAIN_EVENT_SHUTDOWN: number;
+  readonly VIR_DOMAIN_EVENT_CRASHED: number;
+  readonly VIR_DOMAIN_EVENT_TRAY_CHANGE_OPEN: number;
+  readonly VIR_DOMAIN_EVENT_TRAY_CHANGE_CLOSE: number;
+  readonly VIR_CONNECT_CLOSE_REASON_CLIENT: number;
+  readonly VIR_ERR_INTERNAL_ERROR: number;
+  readonly VIR_ERR_NO_CONNECT: number;
+  readonly VIR_ERR_INVALID_CONN: number;
+  readonly VIR_ERR_SYSTEM_ERROR: number;
+  readonly VIR_ERR_RPC: number;
+  readonly VIR_ERR_NO_DOMAIN: number;
+  readonly VIR_ERR_INVALID_DOMAIN: number;
+  readonly VIR_ERR_OPERATION_FAILED: number;
+  readonly VIR_ERR_OPERATION_INVALID: number;
+  readonly VIR_ERR_OPERATION_TIMEOUT: number;
+  readonly VIR_ERR_OPERATION_UNSUPPORTED: number;
+  readonly VIR_ERR_OPERATION_ABORTED: number;
+  readonly VIR_ERR_XML_ERROR: number;
+  readonly VIR_ERR_XML_DETAIL: number;
+  readonly VIR_ERR_CONFIG_UNSUPPORTED: number;
+  readonly VIR_ERR_INVALID_ARG: number;
+  readonly VIR_ERR_NO_DOMAIN_METADATA: number;
+  readonly VIR_ERR_NO_SOURCE: number;
+  readonly VIR_ERR_NO_SUPPORT: number;
+  readonly VIR_ERR_DEVICE_MISSING: number;
+  readonly VIR_ERR_AGENT_UNRESPONSIVE: number;
+  readonly VIR_ERR_AUTH_FAILED: number;
+  readonly VIR_ERR_AUTH_UNAVAILABLE: number;
+  readonly VIR_ERR_AUTH_CANCELLED: number;
+  readonly VIR_FROM_RPC: number;
+  readonly VIR_FROM_REMOTE: number;
+  readonly VIR_FROM_QEMU: number;
+  readonly HAS_METADATA_CHANGE_EVENT: number;
+}
+
+export interface VirtBinding {
+  /**
+   * Opens `uri` with keepalive (interval 0 disables it) and a close callback. The
+   * listener gets close and (after registerDomainEvents) domain events; it never keeps
+   * the process alive by itself.
+   */
+  open(uri: string, listener: (event: NativeEvent) => void, keepAliveIntervalSec?: number, keepAliveCount?: number): Promise<NativeConnection>;
+  /** libvirt library version, major * 1,000,000 + minor * 1,000 + release */
+  libVersion(): number;
+  readonly constants: VirtConstants;
+}
+
+/** The addon's path: the repo's build/Release, found from src/ and from dist/ alike. */
+function addonPath(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const candidate = join(dir, 'build', 'Release', 'virt.node');
+    if (existsSync(candidate)) return candidate;
+    dir = dirname(dir);
+  }
+  throw new Error('build/Release/virt.node not found: run `npm ci` (or `npx node-gyp rebuild`) to build the libvirt addon');
+}
+
+let loaded: VirtBinding | undefined;
+
+/** Loads the addon on first use, so modules importing this one work without it. */
+export function loadVirt(): VirtBinding {
+  if (loaded === undefined) {
+    const require = createRequire(import.meta.url);
+    loaded = require(addonPath()) as VirtBinding;
+  }
+  return loaded;
+}
