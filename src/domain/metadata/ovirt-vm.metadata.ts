@@ -116,20 +116,29 @@ export class VmMetadata {
    */
   addEntry(drive: string, pdiv: Pdiv, state: CdState): VmMetadata {
     const indexes = this.deviceIndexes(drive);
-    const pdivChildren = (el: XmlElement): XmlNode[] => {
+    const pdivChildren = (el: XmlElement, at: number | undefined): XmlNode[] => {
       let kids = childrenOf(el);
+      if (kids.length === 0 && at !== undefined) {
+        // Lay the new children out like the document does (the design page: one per line).
+        const ws = this.children[at - 1];
+        const outer = ws !== undefined && isText(ws) && ws['#text'].includes('\n') ? ws['#text'].slice(ws['#text'].lastIndexOf('\n')) : '';
+        const inner = outer === '' || outer === '\n' ? outer : `${outer}  `;
+        for (const key of PDIV_KEYS) kids.push(text(inner), element(this.tag(key), {}, [text(pdiv[key])]));
+        if (outer !== '') kids.push(text(outer));
+        return kids;
+      }
       for (const key of PDIV_KEYS) kids = appendIndented(kids, element(this.tag(key), {}, [text(pdiv[key])]));
       return kids;
     };
     const emptyAt = indexes.find((i) => isEmptyDevice(this.children[i] as XmlElement));
     if (emptyAt !== undefined) {
       const el = withAttr(this.children[emptyAt] as XmlElement, 'state', state);
-      return this.replaceAt(emptyAt, setChildren(el, pdivChildren(el)));
+      return this.replaceAt(emptyAt, setChildren(el, pdivChildren(el, emptyAt)));
     }
     const fresh = element(this.tag('device'), { devtype: 'disk', name: drive, state }, []);
-    const filled = setChildren(fresh, pdivChildren(fresh));
     const last = indexes[indexes.length - 1];
-    if (last === undefined) return this.withChildren(appendIndented(this.children, filled));
+    const filled = setChildren(fresh, pdivChildren(fresh, last));
+    if (last === undefined) return this.withChildren(appendIndented(this.children, setChildren(fresh, pdivChildren(fresh, undefined))));
     const kids = this.children.slice();
     const ws = kids[last - 1];
     const indent = ws !== undefined && isText(ws) && ws['#text'].trim() === '' ? [text(ws['#text'])] : [];
