@@ -53,8 +53,9 @@ export class BlockDomains {
   async find(pdiv: Pdiv, signal: AbortSignal, failure: ErrorCode): Promise<LvVolume | null> {
     const key = `${pdiv.domainID}/${pdiv.volumeID}`;
     let volume = this.geometry.get(key);
-    // A PV that went away (re-attached under another name) makes the cached placement stale.
-    if (volume !== undefined && (await blockDevNo(volume.pv)) === null) {
+    // Loop mode maps the PV by name: a PV that went away (re-attached under another
+    // name) makes the cached placement stale. dm mode leaves PVs to LVM.
+    if (volume !== undefined && this.options.activator.mode === 'loop' && (await blockDevNo(volume.pv)) === null) {
       this.geometry.delete(key);
       volume = undefined;
     }
