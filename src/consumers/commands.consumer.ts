@@ -96,6 +96,7 @@ export class CommandConsumer {
       this.deps.bus.fail(session, new Error('consumer cancelled by the broker'));
       return;
     }
+    if (this.stopping) return;
     this.inFlight++;
     this.deps.metrics?.inFlight.inc();
     this.handle(msg)
