@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../logging.js';
 import { CdromError } from '../../domain/errors.js';
 import type { TeardownResult } from '../../domain/ports.js';
@@ -7,6 +8,9 @@ import { volumesOf, type LvmCli, type LvVolume } from './lvm.command.js';
 import { blockDevNo, listLoopMappings, type LoopMapping } from './loop-devices.js';
 import { loopDeviceUser } from './openers.js';
 import { storageError } from './storage.errors.js';
+
+const TRANSIENT_RECHECKS = 2;
+const TRANSIENT_WAIT_MS = 50;
 
 export interface LoopActivationOptions {
   readonly lvm: LvmCli;
@@ -55,7 +59,7 @@ export class LoopActivator implements Activator {
       const mine = (await this.mappingsOf(volume, all)).filter((m) => !m.autoclear);
       if (mine.length === 0) return 'done';
       for (const mapping of mine) {
-        const user = await loopDeviceUser(mapping, all);
+        const user = await this.lastingUser(mapping, all, signal);
         if (user !== null) {
           this.options.logger.info({ step: 'deactivate', vg: volume.vg, lv: volume.lv, device: mapping.device, user }, 'loop device in use');
           return 'in-use';
@@ -91,6 +95,20 @@ export class LoopActivator implements Activator {
       if (mapping !== undefined) out.push({ vg: volume.vg, lv: volume.lv, tags: volume.tags, device: mapping.device });
     }
     return out;
+  }
+
+  /**
+   * An opener still there after a short wait. Anything scanning block devices (an LVM
+   * command without a filter, udev, blkid) opens every device for a moment; a VM keeps
+   * it open.
+   */
+  private async lastingUser(mapping: LoopMapping, all: readonly LoopMapping[], signal: AbortSignal): Promise<string | null> {
+    let user = await loopDeviceUser(mapping, all);
+    for (let attempt = 0; user !== null && attempt < TRANSIENT_RECHECKS && !signal.aborted; attempt++) {
+      await sleep(TRANSIENT_WAIT_MS);
+      user = await loopDeviceUser(mapping, all);
+    }
+    return user;
   }
 
   private async mappingsOf(volume: LvVolume, all: readonly LoopMapping[]): Promise<LoopMapping[]> {
