@@ -31,6 +31,7 @@ export class FakeHypervisor implements HypervisorPort {
   private readonly vms = new Map<string, FakeVm>();
   private readonly failures = new Map<HypervisorStep, Failure[]>();
   private readonly listeners = new Set<(e: DomainEvent) => void>();
+  private readonly refused = new Map<string, string>();
   readonly calls: Record<HypervisorStep, number> = { readDrive: 0, updateDevice: 0, getMetadata: 0, setMetadata: 0, listDomains: 0 };
 
   addVm(vmId: string, opts: { name?: string; drives?: Record<string, DriveSource | null>; metadata?: Record<string, string> } = {}): void {
@@ -44,6 +45,14 @@ export class FakeHypervisor implements HypervisorPort {
 
   removeVm(vmId: string): void {
     this.vms.delete(vmId.toLowerCase());
+  }
+
+  /**
+   * A path updateDevice refuses the way libvirt/QEMU do (a missing file, a directory):
+   * CHANGE_FAILED, not retryable, and the drive keeps its media.
+   */
+  refuseSource(path: string, reason = 'QEMU refused the medium (fake)'): void {
+    this.refused.set(path, reason);
   }
 
   /**
@@ -76,14 +85,20 @@ export class FakeHypervisor implements HypervisorPort {
     return vm.drives.get(drive) ?? null;
   }
 
-  listCdroms(vmId: string): Promise<string[]> {
-    return Promise.resolve([...this.vm(vmId).drives.keys()]);
+  async listCdroms(vmId: string): Promise<string[]> {
+    await Promise.resolve();
+    return [...this.vm(vmId).drives.keys()];
   }
 
   async updateDevice(vmId: string, drive: string, source: DriveSource | null): Promise<void> {
     await this.step('updateDevice');
     const vm = this.vm(vmId);
     if (!vm.drives.has(drive)) throw new CdromError('DRIVE_NOT_FOUND', `VM ${vmId} has no CD-ROM ${drive}`);
+    const reason = source === null ? undefined : this.refused.get(source.path);
+    if (reason !== undefined) {
+      const held = vm.drives.get(drive) ?? null;
+      throw new CdromError('CHANGE_FAILED', `${reason}; the drive still holds ${held === null ? 'no medium' : `${held.type} ${held.path}`}`);
+    }
     vm.drives.set(drive, source === null ? null : { ...source });
     this.emit({ kind: 'tray-change', vmId, device: drive, open: source === null });
   }
