@@ -142,7 +142,7 @@ describe.skipIf(!canUseLoopLvm())('loop-activated LVM storage (real LVM metadata
     await symlink(inside, join(outside, 'in-via-link.iso'));
 
     expect(await s.prepareVolume({ path: inside })).toEqual({ path: inside, diskType: 'file' });
-    expect(await s.prepareVolume({ path: join(outside, 'in-via-link.iso') })).toEqual({ path: inside, diskType: 'file' });
+    expect(await s.prepareVolume({ path: join(outside, 'in-via-link.iso') })).toEqual({ path: join(outside, 'in-via-link.iso'), diskType: 'file' });
     expect(await codeOf(s.prepareVolume({ path: out }))).toBe('PATH_NOT_ALLOWED');
     expect(await codeOf(s.prepareVolume({ path: join(isoDir, 'escape.iso') }))).toBe('PATH_NOT_ALLOWED');
     expect(await codeOf(s.prepareVolume({ path: join(isoDir, 'missing.iso') }))).toBe('VOLUME_NOT_FOUND');
@@ -153,6 +153,6 @@ describe.skipIf(!canUseLoopLvm())('loop-activated LVM storage (real LVM metadata
     const linkedDir = join(root, 'iso-link');
     await symlink(isoDir, linkedDir);
     const viaLinkedDir = createStorage({ storageRoot: root, activation: 'loop', isoDirs: [linkedDir], lvmFilter: block.lvmFilter, logger: silentLogger() });
-    expect(await viaLinkedDir.prepareVolume({ path: join(linkedDir, 'a.iso') })).toEqual({ path: inside, diskType: 'file' });
+    expect(await viaLinkedDir.prepareVolume({ path: join(linkedDir, 'a.iso') })).toEqual({ path: join(linkedDir, 'a.iso'), diskType: 'file' });
   });
 });

@@ -39,7 +39,6 @@ export function createStorage(options: StorageOptions): StoragePort {
   const logger = options.logger.child({ component: 'storage' });
   const lvm = new LvmCli({
     runner,
-    logger,
     filter: options.lvmFilter,
     disableActivation: options.activation === 'loop',
     commandTimeoutMs,

@@ -31,8 +31,9 @@ function inside(path: string, dir: string): boolean {
 /**
  * Legacy ISO-domain media given as a path: the old behaviour, no activation. The path
  * must resolve, symlinks followed, inside one of the allowed directories (themselves
- * resolved, so a symlinked ISO directory works). The VM gets the resolved path, so a
- * symlink swapped afterwards cannot redirect it.
+ * resolved, so a symlinked ISO directory works). The VM gets the path as given, as the
+ * old behaviour did: the drive's source then reads back as the commanded media, which
+ * is how the worker recognises "already loaded".
  */
 export class LegacyPaths {
   constructor(private readonly isoDirs: readonly string[]) {}
@@ -48,7 +49,7 @@ export class LegacyPaths {
     }
     if (!exists) throw notFound(`${path} does not exist`);
     const st = await stat(resolved);
-    if (!st.isFile() && !st.isBlockDevice()) throw notFound(`${path} is not a file`);
-    return { path: resolved, diskType: 'file' };
+    if (!st.isFile()) throw notFound(`${path} is not a regular file`);
+    return { path, diskType: 'file' };
   }
 }

@@ -1,4 +1,3 @@
-import type { Logger } from '../logging.js';
 import { CdromError } from '../../domain/errors.js';
 import type { CommandRunner, CommandResult } from './command.runner.js';
 
@@ -30,7 +29,6 @@ export interface LvVolume {
 
 export interface LvmCliOptions {
   readonly runner: CommandRunner;
-  readonly logger: Logger;
   /** `devices { filter }` entries such as `a|^/dev/sdb$|`, `r|.*|`; none: LVM's own config. */
   readonly filter?: readonly string[];
   /** Loop mode: LVM must not try to talk to a device-mapper this kernel lacks. */
