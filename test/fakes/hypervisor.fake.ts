@@ -65,6 +65,11 @@ export class FakeHypervisor implements HypervisorPort {
     this.failures.set(step, list);
   }
 
+  /** Forget failures that were armed but not hit. */
+  clearFailures(): void {
+    this.failures.clear();
+  }
+
   /** What the drive holds, for assertions (no failure injection, no call counting). */
   sourceOf(vmId: string, drive: string): DriveSource | null {
     return this.vm(vmId).drives.get(drive) ?? null;

@@ -49,6 +49,11 @@ export class FakeStorage implements StoragePort {
     this.failures.set(step, list);
   }
 
+  /** Forget failures that were armed but not hit. */
+  clearFailures(): void {
+    this.failures.clear();
+  }
+
   activeVolumeIds(): string[] {
     return [...this.active].sort();
   }

@@ -1,7 +1,7 @@
 import type { Media } from '../media.js';
 import type { ChangeAction, ChangeResult } from '../outcome.js';
 import { JOURNAL_NS } from '../ports.js';
-import { attrOf, buildXml, element, elementChildren, parseXml, tagOf, text, textOf, localName, type XmlElement } from './xml-tree.js';
+import { buildXml, element, text } from './xml-tree.js';
 
 /**
  * The command journal: which commands this drive has seen, kept in the domain's own
@@ -37,35 +37,44 @@ export interface DoneRecord {
 
 export type JournalRecord = PendingRecord | DoneRecord;
 
+const RECORD_RE = /<(?:[\w.-]+:)?command\b[^>]*>([A-Za-z0-9_=-]*)<\/(?:[\w.-]+:)?command>/g;
+
+/** Parsed journals by their XML: a drive's journal is read on every command. */
+const parsed = new Map<string, Journal>();
+const PARSED_MAX = 1024;
+
 export class Journal {
   private constructor(private readonly records: readonly JournalRecord[]) {}
 
+  /**
+   * Each record is base64url JSON, so nothing in it needs XML escaping and reading it
+   * back needs no XML parser: libvirt re-serialises the element, but never the payload.
+   */
   static parse(xml: string | null): Journal {
     if (xml === null || xml.trim() === '') return new Journal([]);
-    let root: XmlElement;
-    try {
-      root = parseXml(xml);
-    } catch {
-      // A journal we cannot read only costs idempotency of older commands; start afresh.
-      return new Journal([]);
-    }
+    const hit = parsed.get(xml);
+    if (hit !== undefined) return hit;
     const records: JournalRecord[] = [];
-    for (const el of elementChildren(root)) {
-      if (localName(tagOf(el) ?? '') !== 'command') continue;
+    for (const m of xml.matchAll(RECORD_RE)) {
       try {
-        const rec = JSON.parse(textOf(el)) as JournalRecord;
-        if (typeof rec.commandId === 'string' && attrOf(el, 'id') === rec.commandId) records.push(rec);
+        const rec = JSON.parse(Buffer.from(m[1] ?? '', 'base64url').toString('utf8')) as JournalRecord;
+        if (typeof rec.commandId === 'string' && typeof rec.drive === 'string') records.push(rec);
       } catch {
-        // skip a damaged record, keep the rest
+        // A damaged record only costs the idempotency of that command; keep the rest.
       }
     }
-    return new Journal(records);
+    const journal = new Journal(records);
+    if (parsed.size >= PARSED_MAX) parsed.clear();
+    parsed.set(xml, journal);
+    return journal;
   }
 
   toXml(): string {
     const p = JOURNAL_NS.prefix;
     const kids = this.records.map((r) =>
-      element(`${p}:command`, { id: r.commandId, drive: r.drive, status: r.status }, [text(JSON.stringify(r))]),
+      element(`${p}:command`, { id: r.commandId, drive: r.drive, status: r.status }, [
+        text(Buffer.from(JSON.stringify(r), 'utf8').toString('base64url')),
+      ]),
     );
     return buildXml(element(`${p}:${JOURNAL_NS.key}`, { [`xmlns:${p}`]: JOURNAL_NS.uri }, kids));
   }

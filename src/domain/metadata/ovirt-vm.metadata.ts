@@ -53,6 +53,9 @@ export interface DriveMetadata {
 
 const PDIV_KEYS = ['domainID', 'imageID', 'poolID', 'volumeID'] as const;
 
+const parsedDocs = new Map<string, VmMetadata>();
+const PARSED_MAX = 1024;
+
 export class MetadataError extends Error {
   override readonly name = 'MetadataError';
 }
@@ -65,6 +68,18 @@ export class VmMetadata {
 
   /** `null` (the domain has no such metadata yet) gives an empty element. */
   static parse(xml: string | null): VmMetadata {
+    if (xml === null) return VmMetadata.read(xml);
+    // Documents are immutable, so one parse serves every read of the same XML.
+    let md = parsedDocs.get(xml);
+    if (md === undefined) {
+      md = VmMetadata.read(xml);
+      if (parsedDocs.size >= PARSED_MAX) parsedDocs.clear();
+      parsedDocs.set(xml, md);
+    }
+    return md;
+  }
+
+  private static read(xml: string | null): VmMetadata {
     if (xml === null || xml.trim() === '') {
       const tag = `${OVIRT_VM_NS.prefix}:${OVIRT_VM_NS.key}`;
       return new VmMetadata(element(tag, { [`xmlns:${OVIRT_VM_NS.prefix}`]: OVIRT_VM_NS.uri }, []), OVIRT_VM_NS.prefix);
@@ -117,7 +132,7 @@ export class VmMetadata {
   addEntry(drive: string, pdiv: Pdiv, state: CdState): VmMetadata {
     const indexes = this.deviceIndexes(drive);
     const pdivChildren = (el: XmlElement, at: number | undefined): XmlNode[] => {
-      let kids = childrenOf(el);
+      let kids = childrenOf(el).slice();
       if (kids.length === 0 && at !== undefined) {
         // Lay the new children out like the document does (the design page: one per line).
         const ws = this.children[at - 1];

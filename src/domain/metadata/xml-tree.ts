@@ -27,7 +27,10 @@ const parser = new XMLParser({
   parseTagValue: false,
   parseAttributeValue: false,
   trimValues: false,
-  processEntities: true,
+  // Entities are left as written: unknown content round-trips byte for byte, and the few
+  // values we read or write are escaped here (fast-xml-parser's decoder dominated a profile).
+  processEntities: false,
+  htmlEntities: false,
   ignoreDeclaration: true,
   ignorePiTags: true,
 });
@@ -38,8 +41,30 @@ const builder = new XMLBuilder({
   attributeNamePrefix: ATTR,
   format: false,
   suppressEmptyNode: true,
-  processEntities: true,
+  processEntities: false,
 });
+
+const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' };
+const UNESCAPES: Record<string, string> = { amp: '&', lt: '<', gt: '>', quot: '"', apos: "'" };
+
+/** For attribute values. */
+export function escapeXml(value: string): string {
+  return /[&<>"']/.test(value) ? value.replace(/[&<>"']/g, (c) => ESCAPES[c] as string) : value;
+}
+
+/** For text content, where quotes need no escaping (JSON in the journal is full of them). */
+function escapeText(value: string): string {
+  return /[&<>]/.test(value) ? value.replace(/[&<>]/g, (c) => ESCAPES[c] as string) : value;
+}
+
+export function unescapeXml(value: string): string {
+  if (!value.includes('&')) return value;
+  return value.replace(/&(#x[0-9a-fA-F]+|#[0-9]+|amp|lt|gt|quot|apos);/g, (whole, name: string) => {
+    if (name.startsWith('#x')) return String.fromCodePoint(parseInt(name.slice(2), 16));
+    if (name.startsWith('#')) return String.fromCodePoint(parseInt(name.slice(1), 10));
+    return UNESCAPES[name] ?? whole;
+  });
+}
 
 export function isText(node: XmlNode): node is XmlText {
   return Object.prototype.hasOwnProperty.call(node, '#text');
@@ -77,13 +102,14 @@ export function setChildren(node: XmlElement, children: XmlNode[]): XmlElement {
 }
 
 export function attrOf(node: XmlElement, name: string): string | undefined {
-  return node[':@']?.[ATTR + name];
+  const raw = node[':@']?.[ATTR + name];
+  return raw === undefined ? undefined : unescapeXml(raw);
 }
 
 export function withAttr(node: XmlElement, name: string, value: string | undefined): XmlElement {
   const attrs = { ...(node[':@'] ?? {}) };
   if (value === undefined) delete attrs[ATTR + name];
-  else attrs[ATTR + name] = value;
+  else attrs[ATTR + name] = escapeXml(value);
   const tag = tagOf(node);
   if (tag === null) throw new Error('not an element');
   const out: XmlElement = { [tag]: childrenOf(node) };
@@ -94,20 +120,21 @@ export function withAttr(node: XmlElement, name: string, value: string | undefin
 export function element(tag: string, attrs: Record<string, string>, children: XmlNode[]): XmlElement {
   const out: XmlElement = { [tag]: children };
   if (Object.keys(attrs).length > 0) {
-    out[':@'] = Object.fromEntries(Object.entries(attrs).map(([k, v]) => [ATTR + k, v]));
+    out[':@'] = Object.fromEntries(Object.entries(attrs).map(([k, v]) => [ATTR + k, escapeXml(v)]));
   }
   return out;
 }
 
+/** A text node holding `value` (escaped as XML needs). */
 export function text(value: string): XmlText {
-  return { '#text': value };
+  return { '#text': escapeText(value) };
 }
 
 /** The text content of an element (its direct text children, concatenated). */
 export function textOf(node: XmlElement): string {
   return childrenOf(node)
     .filter(isText)
-    .map((t) => t['#text'])
+    .map((t) => unescapeXml(t['#text']))
     .join('');
 }
 
@@ -115,12 +142,23 @@ export function elementChildren(node: XmlElement): XmlElement[] {
   return childrenOf(node).filter((n): n is XmlElement => !isText(n));
 }
 
-/** Parses one XML document and returns its root element. */
+/**
+ * Parses one XML document and returns its root element, deeply frozen: trees are shared
+ * (parsed documents are cached), so every edit must copy.
+ */
 export function parseXml(xml: string): XmlElement {
   const nodes = parser.parse(xml) as XmlNode[];
   const root = nodes.find((n): n is XmlElement => !isText(n));
   if (root === undefined) throw new Error('XML has no root element');
-  return root;
+  return deepFreeze(root);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
 }
 
 export function buildXml(root: XmlElement): string {

@@ -1,0 +1,72 @@
+import { randomUUID } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import type { Media } from '../../src/domain/media.js';
+import type { PreparedVolume } from '../../src/domain/ports.js';
+import { OVIRT_VM_NS } from '../../src/domain/ports.js';
+import { blockPath } from '../fakes/storage.fake.js';
+import { EMPTY_MD, ISO_A, ISO_B, makeWorld, resultOf } from '../support/world.js';
+
+/** A storage whose prepare waits until released, to hold commands in flight. */
+function gatePrepare(w: ReturnType<typeof makeWorld>) {
+  const started: string[] = [];
+  const waiters: (() => void)[] = [];
+  const real = w.storage.prepareVolume.bind(w.storage);
+  w.storage.prepareVolume = async (m: Media): Promise<PreparedVolume> => {
+    started.push('volumeID' in m ? m.volumeID : m.path);
+    await new Promise<void>((r) => waiters.push(r));
+    return real(m);
+  };
+  return { started, releaseAll: () => waiters.splice(0).forEach((r) => r()) };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 5));
+
+describe('per-drive registry', () => {
+  it('runs commands for one drive one at a time, in arrival order', async () => {
+    const w = makeWorld();
+    const order: string[] = [];
+    const ops = [ISO_A, null, ISO_B, ISO_A, null].map((m, i) => w.run(m).then((e) => order.push(`${i}:${resultOf(e).action}`)));
+    await Promise.all(ops);
+    expect(order).toEqual(['0:load', '1:eject', '2:load', '3:change', '4:eject']);
+    expect(w.source()).toBeNull();
+  });
+
+  it('runs different drives concurrently, at most `concurrency` at once', async () => {
+    const w = makeWorld({ concurrency: 2 });
+    const vms = [randomUUID(), randomUUID(), randomUUID()];
+    for (const id of vms) w.hv.addVm(id, { metadata: { [OVIRT_VM_NS.uri]: EMPTY_MD } });
+    const gate = gatePrepare(w);
+    const runs = vms.map((vmId) => w.run(ISO_A, { vmId }));
+    await tick();
+    expect(gate.started).toHaveLength(2);
+    gate.releaseAll();
+    await tick();
+    expect(gate.started).toHaveLength(3);
+    gate.releaseAll();
+    const results = await Promise.all(runs);
+    expect(results.map((r) => resultOf(r).outcome)).toEqual(['completed', 'completed', 'completed']);
+    for (const vmId of vms) expect(w.hv.sourceOf(vmId, 'sdc')?.path).toBe(blockPath(ISO_A));
+  });
+
+  it('stops idle actors: memory follows the drives in flight, not every drive seen', async () => {
+    const w = makeWorld();
+    for (let i = 0; i < 50; i++) {
+      const vmId = randomUUID();
+      w.hv.addVm(vmId, { metadata: { [OVIRT_VM_NS.uri]: EMPTY_MD } });
+      await w.run(ISO_A, { vmId });
+    }
+    expect(w.registry.liveDrives).toBe(0);
+  });
+
+  it('drain waits for in-flight work and then refuses new commands with a retry', async () => {
+    const w = makeWorld();
+    const gate = gatePrepare(w);
+    const inflight = w.run(ISO_A);
+    await tick();
+    const drained = w.registry.drain(2_000);
+    gate.releaseAll();
+    await drained;
+    expect(resultOf(await inflight).outcome).toBe('completed');
+    expect(await w.run(ISO_B)).toMatchObject({ kind: 'retry' });
+  });
+});
