@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { connectOnce } from '../consumers/connection.js';
-import { DeadLetterQueue, type DeadLetter } from '../consumers/dlq.js';
+import type { DeadLetter, DeadLetterQueue } from '../consumers/dlq.js';
 import { deadQueue } from '../consumers/topology.js';
 import { busConfigOrExit, CliError } from './common.js';
 
@@ -11,9 +10,11 @@ interface HostOption {
 
 async function withDlq<T>(o: HostOption, work: (dlq: DeadLetterQueue, hostId: string) => Promise<T>): Promise<T> {
   const bus = busConfigOrExit(o.host);
+  const { connectOnce } = await import('../consumers/connection.js');
+  const { DeadLetterQueue: Dlq } = await import('../consumers/dlq.js');
   const model = await connectOnce(bus.amqpUrls, bus.tls);
   try {
-    return await work(DeadLetterQueue.open(model, bus.hostId), bus.hostId);
+    return await work(Dlq.open(model, bus.hostId), bus.hostId);
   } finally {
     await model.close().catch(() => undefined);
   }

@@ -1,6 +1,5 @@
 import { Option, type Command } from 'commander';
 import type { ResultEvent } from '../contracts/schemas.js';
-import { connectOnce } from '../consumers/connection.js';
 import { EVENTS_EXCHANGE } from '../consumers/topology.js';
 import { busConfigOrExit, CliError } from './common.js';
 import { formatEvent } from './format.js';
@@ -28,6 +27,7 @@ export function registerEvents(program: Command): void {
       const bus = busConfigOrExit();
       const limit = o.count === undefined ? Infinity : Number(o.count);
       if (!(limit > 0)) throw new CliError('--count must be a positive number', 2, 'CLI_USAGE');
+      const { connectOnce } = await import('../consumers/connection.js');
       const model = await connectOnce(bus.amqpUrls, bus.tls);
       const ch = await model.createChannel();
       // Exclusive + auto-delete: the tap disappears with this process, leaving nothing behind.

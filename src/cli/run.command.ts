@@ -1,6 +1,4 @@
 import type { Command } from 'commander';
-import { startWorker, stopOnSignals } from '../main.js';
-import { createLogger, redactUrl } from '../infra/logging.js';
 import { configOrExit, errorMessage } from './common.js';
 
 export function registerRun(program: Command): void {
@@ -10,6 +8,9 @@ export function registerRun(program: Command): void {
     .addHelpText('after', '\nConfiguration comes from the CDROM_* environment variables (see CONTRACT.md section 1).')
     .action(async () => {
       const config = configOrExit();
+      // Loaded only now: `--help` and the tools should not pay for the whole worker.
+      const { startWorker, stopOnSignals } = await import('../main.js');
+      const { createLogger, redactUrl } = await import('../infra/logging.js');
       const logger = createLogger({ level: config.logLevel });
       logger.info({ hostId: config.hostId, brokers: config.amqpUrls.map(redactUrl), concurrency: config.concurrency }, 'starting');
       try {

@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Option, type Command } from 'commander';
 import type { ChangeCdCommand, ResultEvent } from '../contracts/schemas.js';
-import { connectOnce } from '../consumers/connection.js';
 import { COMMANDS_EXCHANGE } from '../consumers/topology.js';
 import { busConfigOrExit, CliError } from './common.js';
 import { formatEvent } from './format.js';
@@ -58,6 +57,7 @@ export function registerSend(program: Command): void {
       };
       const timeoutMs = Number(o.timeout);
       if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new CliError('--timeout must be a positive number of milliseconds', 2, 'CLI_USAGE');
+      const { connectOnce } = await import('../consumers/connection.js');
       const model = await connectOnce(bus.amqpUrls, bus.tls);
       try {
         const ch = await model.createConfirmChannel();

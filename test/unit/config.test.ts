@@ -1,0 +1,120 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadBusConfig, loadConfig } from '../../src/config.js';
+
+const CLI = join(import.meta.dirname, '../../src/cli/main.ts');
+
+function configError(env: Record<string, string>): ConfigError {
+  try {
+    loadConfig(env);
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error(`expected a ConfigError for ${JSON.stringify(env)}`);
+}
+
+describe('loadConfig', () => {
+  it('has the contract defaults and is frozen', () => {
+    const c = loadConfig({ CDROM_HOST_ID: 'host-1' });
+    expect(c).toMatchObject({
+      hostId: 'host-1',
+      amqpUrls: ['amqp://guest:guest@127.0.0.1:5672'],
+      declareTopology: true,
+      libvirtUri: 'qemu:///system',
+      storageRoot: '/rhev/data-center',
+      lvmActivation: 'dm',
+      isoDirs: ['/rhev/data-center/mnt'],
+      concurrency: 16,
+      httpPort: 9464,
+      logLevel: 'info',
+      retry: { limit: 5 },
+    });
+    expect(c.failpoints.size).toBe(0);
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(Object.isFrozen(c.amqpUrls)).toBe(true);
+  });
+
+  it('takes a list of brokers, amqps included, and the other variables', () => {
+    const c = loadConfig({
+      CDROM_HOST_ID: 'h_2',
+      CDROM_AMQP_URL: 'amqps://u:p@a:5671, amqp://b',
+      CDROM_DECLARE_TOPOLOGY: '0',
+      CDROM_STORAGE_ROOT: '/srv/rhev/',
+      CDROM_ISO_DIRS: '/isos:/more',
+      CDROM_LVM_ACTIVATION: 'loop',
+      CDROM_CONCURRENCY: '4',
+      CDROM_HTTP_PORT: '0',
+      CDROM_RETRY_LIMIT: '2',
+    });
+    expect(c).toMatchObject({ amqpUrls: ['amqps://u:p@a:5671', 'amqp://b'], declareTopology: false, storageRoot: '/srv/rhev', isoDirs: ['/isos', '/more'], lvmActivation: 'loop', concurrency: 4, httpPort: 0, retry: { limit: 2 } });
+  });
+
+  it('parses failpoints only when enabled', () => {
+    expect(loadConfig({ CDROM_HOST_ID: 'h', CDROM_FAILPOINT: 'garbage' }).failpoints.size).toBe(0);
+    const c = loadConfig({ CDROM_HOST_ID: 'h', CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: 'prepare:error,before-ack:crash' });
+    expect([...c.failpoints]).toEqual([
+      ['prepare', 'error'],
+      ['before-ack', 'crash'],
+    ]);
+    expect(configError({ CDROM_HOST_ID: 'h', CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: 'nowhere:crash' }).variable).toBe('CDROM_FAILPOINT');
+  });
+
+  it.each([
+    [{ CDROM_HOST_ID: 'bad host!' }, 'CDROM_HOST_ID'],
+    [{ CDROM_HOST_ID: 'x'.repeat(65) }, 'CDROM_HOST_ID'],
+    [{ CDROM_AMQP_URL: 'http://broker' }, 'CDROM_AMQP_URL'],
+    [{ CDROM_AMQP_URL: 'amqp://ok,::nonsense' }, 'CDROM_AMQP_URL'],
+    [{ CDROM_AMQP_CA: '/nonexistent/ca.pem' }, 'CDROM_AMQP_CA'],
+    [{ CDROM_DECLARE_TOPOLOGY: 'yes' }, 'CDROM_DECLARE_TOPOLOGY'],
+    [{ CDROM_STORAGE_ROOT: 'relative' }, 'CDROM_STORAGE_ROOT'],
+    [{ CDROM_ISO_DIRS: '/ok:relative' }, 'CDROM_ISO_DIRS'],
+    [{ CDROM_LVM_ACTIVATION: 'lvm' }, 'CDROM_LVM_ACTIVATION'],
+    [{ CDROM_CONCURRENCY: '0' }, 'CDROM_CONCURRENCY'],
+    [{ CDROM_CONCURRENCY: '1.5' }, 'CDROM_CONCURRENCY'],
+    [{ CDROM_HTTP_PORT: '70000' }, 'CDROM_HTTP_PORT'],
+    [{ CDROM_LOG_LEVEL: 'loud' }, 'CDROM_LOG_LEVEL'],
+    [{ CDROM_RETRY_LIMIT: '-1' }, 'CDROM_RETRY_LIMIT'],
+  ])('rejects %j naming %s in one line', (env, variable) => {
+    const err = configError({ CDROM_HOST_ID: 'h', ...env });
+    expect(err.variable).toBe(variable);
+    expect(err.code).toBe('CONFIG_INVALID');
+    expect(err.message.startsWith(`${variable}: `)).toBe(true);
+    expect(err.message).not.toMatch(/\n/);
+  });
+
+  it('never echoes a broker password', () => {
+    const err = configError({ CDROM_HOST_ID: 'h', CDROM_AMQP_URL: 'ftp://user:s3cret@host' });
+    expect(err.message).not.toMatch(/s3cret/);
+  });
+
+  it('reads the TLS files', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cdrom-cfg-'));
+    try {
+      writeFileSync(join(dir, 'ca.pem'), 'CA');
+      const c = loadBusConfig({ CDROM_HOST_ID: 'h', CDROM_AMQP_URL: 'amqps://h', CDROM_AMQP_CA: join(dir, 'ca.pem') });
+      expect(c.tls.ca?.toString()).toBe('CA');
+      writeFileSync(join(dir, 'cert.pem'), 'CERT');
+      expect(() => loadBusConfig({ CDROM_HOST_ID: 'h', CDROM_AMQP_CERT: join(dir, 'cert.pem') })).toThrow(/CDROM_AMQP_KEY/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('cdrom-worker run with invalid configuration', () => {
+  it('prints one line naming the variable and exits 2 before connecting', async () => {
+    const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      // An unreachable broker: had it tried to connect, it would hang instead of exiting.
+      const env = { ...process.env, CDROM_HOST_ID: 'h', CDROM_CONCURRENCY: 'many', CDROM_AMQP_URL: 'amqp://10.255.255.1:1' };
+      const child = execFile(process.execPath, ['--import', 'tsx', CLI, 'run'], { env, timeout: 20_000 }, (_err, out, err) => resolve({ code: child.exitCode, stdout: out, stderr: err }));
+    });
+    expect(code).toBe(2);
+    expect(stdout).toBe('');
+    expect(stderr.trim().split('\n')).toHaveLength(1);
+    expect(stderr).toMatch(/CDROM_CONCURRENCY: must be an integer/);
+  });
+});
