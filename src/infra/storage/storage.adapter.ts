@@ -43,7 +43,11 @@ export class StorageAdapter implements StoragePort {
   async prepareVolume(media: Media): Promise<PreparedVolume> {
     const started = Date.now();
     const result = await withDeadline(this.parts.prepareTimeoutMs, `prepare ${describeMedia(media)}`, async (signal) => {
-      if (isLegacyPath(media)) return this.parts.legacy.prepare(media.path);
+      if (isLegacyPath(media)) {
+        return this.parts.legacy.prepare(media.path).catch((err: unknown) => {
+          throw storageError(err, 'PREPARE_FAILED', `checking ${media.path}`);
+        });
+      }
       const pdiv = validPdiv(media);
       return this.mutex.run(volumeKey(pdiv), async () => {
         checkDeadline(signal, 'prepare');
