@@ -1,7 +1,6 @@
 import type { Config } from './config.js';
 import { Bus } from './consumers/connection.js';
 import { CommandConsumer } from './consumers/commands.consumer.js';
-import { CdromError } from './domain/errors.js';
 import { createFailpoints, type Failpoints } from './infra/failpoints.js';
 import { startHttpServer, type HealthState, type HttpServer } from './infra/http.js';
 import { createLogger, type Logger } from './infra/logging.js';
@@ -33,12 +32,51 @@ export interface WorkerParts {
 export type WorkerFactory = (deps: WorkerDeps) => Promise<WorkerParts>;
 
 /**
- * The real adapters and executor: libvirt (src/infra/libvirt), storage
- * (src/infra/storage `createStorage`) and the per-drive registry (src/machines).
- * Wired here by the lead once they land; until then `run` needs an injected factory.
+ * The real adapters and executor: libvirt (LibvirtHypervisor), storage (`createStorage`)
+ * and the per-drive registry (DriveRegistry over `createActivities`). Imported lazily so
+ * the CLI tools and the bus tests never load the native libvirt addon.
  */
-export const createRealWorkerParts: WorkerFactory = () =>
-  Promise.reject(new CdromError('INTERNAL', 'the real executor is not wired into src/main.ts yet (createRealWorkerParts)'));
+export const createRealWorkerParts: WorkerFactory = async ({ config, logger, failpoints }) => {
+  const [{ LibvirtHypervisor }, { createStorage }, { createActivities }, { DriveRegistry }] = await Promise.all([
+    import('./infra/libvirt/libvirt.hypervisor.js'),
+    import('./infra/storage/index.js'),
+    import('./machines/cdrom.activities.js'),
+    import('./machines/drive.registry.js'),
+  ]);
+  const hypervisor = await LibvirtHypervisor.open({ uri: config.libvirtUri, logger });
+  const storage = createStorage({ storageRoot: config.storageRoot, activation: config.lvmActivation, isoDirs: config.isoDirs, logger });
+  const registry = new DriveRegistry({
+    activities: createActivities({ hypervisor, storage, failpoints }),
+    concurrency: config.concurrency,
+    stepTimeoutMs: config.stepTimeoutMs,
+    log: logger,
+  });
+  const log = logger.child({ component: 'recovery' });
+  return {
+    executor: registry,
+    // Every CD-ROM of every domain is reconciled with what libvirt shows now; one drive
+    // failing to recover is logged and must not keep the others (or the host) down.
+    recover: async () => {
+      for (const dom of await hypervisor.listDomains()) {
+        let drives: string[];
+        try {
+          drives = await hypervisor.listCdroms(dom.vmId);
+        } catch (err) {
+          log.warn({ err, vmId: dom.vmId }, 'cannot list CD-ROMs; skipped');
+          continue;
+        }
+        await Promise.all(
+          drives.map(async (drive) => {
+            const s = await registry.recover(dom.vmId, drive);
+            if (s.kind === 'recovered' && s.error !== null) log.warn({ vmId: dom.vmId, drive, err: s.error }, 'recovery failed');
+            else if (s.kind === 'retry') log.warn({ vmId: dom.vmId, drive, err: s.error }, 'recovery will be retried by the next command');
+          }),
+        );
+      }
+    },
+    close: () => hypervisor.close(),
+  };
+};
 
 export interface WorkerOptions {
   readonly config: Config;
