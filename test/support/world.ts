@@ -3,7 +3,7 @@ import type { ChangeCdCommand } from '../../src/contracts/schemas.js';
 import type { Media, Pdiv } from '../../src/domain/media.js';
 import { VmMetadata, type DriveMetadata } from '../../src/domain/metadata/ovirt-vm.metadata.js';
 import type { Execution } from '../../src/domain/outcome.js';
-import { OVIRT_VM_NS } from '../../src/domain/ports.js';
+import { OVIRT_VM_NS, type DriveSource } from '../../src/domain/ports.js';
 import { silentLogger } from '../../src/infra/logging.js';
 import type { Failpoints } from '../../src/infra/failpoints.js';
 import { createActivities } from '../../src/machines/cdrom.activities.js';
@@ -45,7 +45,7 @@ export interface World {
   command(media: Media | null, opts?: { commandId?: string; drive?: string; vmId?: string }): ChangeCdCommand;
   drive(): DriveMetadata;
   metadataXml(): string | null;
-  source(): { type: string; path: string } | null;
+  source(): DriveSource | null;
   active(): string[];
 }
 
