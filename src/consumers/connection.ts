@@ -162,7 +162,7 @@ export class Bus {
           return;
         }
         if (!session.alive) throw new Error('connection lost during setup');
-        delay = this.opts.reconnectInitialMs ?? 100;
+        const connectedAt = Date.now();
         this.session = session;
         this.opts.onConnected?.(true);
         this.log.info({ broker: redactUrl(url), generation: session.generation }, 'broker connected');
@@ -170,6 +170,14 @@ export class Bus {
         this.waiters = [];
         for (const w of waiters) w(session);
         await this.untilLost(session);
+        // A session that dies young (a nack storm, a node that accepts then drops us)
+        // must not turn into a tight reconnect loop: back off as if the connect had failed.
+        if (Date.now() - connectedAt < 1000) {
+          await this.sleepUnlessClosed(delay);
+          delay = Math.min(maxDelay, delay * 2);
+        } else {
+          delay = this.opts.reconnectInitialMs ?? 100;
+        }
       } catch (err) {
         if (session) {
           session.alive = false;
