@@ -62,6 +62,8 @@ export interface Config extends BusConfig {
   readonly stepTimeoutMs: number;
   /** How long shutdown waits for commands in flight before closing the connection. */
   readonly drainTimeoutMs: number;
+  /** background reconciliation period (recovery retries, orphan volumes); 0 turns it off */
+  readonly reconcileIntervalMs: number;
 }
 
 function str(env: Env, name: string): string | undefined {
@@ -202,6 +204,7 @@ export function loadConfig(env: Env = process.env): Config {
     retry,
     stepTimeoutMs: int(env, 'CDROM_STEP_TIMEOUT_MS', 60_000, 1, 3_600_000),
     drainTimeoutMs: int(env, 'CDROM_DRAIN_TIMEOUT_MS', 30_000, 0, 3_600_000),
+    reconcileIntervalMs: int(env, 'CDROM_RECONCILE_INTERVAL_MS', 60_000, 0, 86_400_000),
   });
 }
 

@@ -36,12 +36,13 @@ export type WorkerFactory = (deps: WorkerDeps) => Promise<WorkerParts>;
  * and the per-drive registry (DriveRegistry over `createActivities`). Imported lazily so
  * the CLI tools and the bus tests never load the native libvirt addon.
  */
-export const createRealWorkerParts: WorkerFactory = async ({ config, logger, failpoints }) => {
-  const [{ LibvirtHypervisor }, { createStorage }, { createActivities }, { DriveRegistry }] = await Promise.all([
+export const createRealWorkerParts: WorkerFactory = async ({ config, logger, metrics, failpoints }) => {
+  const [{ LibvirtHypervisor }, { createStorage }, { createActivities }, { DriveRegistry }, { Reconciler }] = await Promise.all([
     import('./infra/libvirt/libvirt.hypervisor.js'),
     import('./infra/storage/index.js'),
     import('./machines/cdrom.activities.js'),
     import('./machines/drive.registry.js'),
+    import('./machines/reconciler.js'),
   ]);
   const hypervisor = await LibvirtHypervisor.open({ uri: config.libvirtUri, logger });
   const storage = createStorage({ storageRoot: config.storageRoot, activation: config.lvmActivation, isoDirs: config.isoDirs, logger });
@@ -50,31 +51,34 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, fai
     concurrency: config.concurrency,
     stepTimeoutMs: config.stepTimeoutMs,
     log: logger,
+    observe: ({ settlement, durationMs }) => {
+      if (settlement.kind === 'result') metrics.commandDuration.observe({ action: settlement.result.action, outcome: settlement.result.outcome }, durationMs / 1000);
+    },
   });
-  const log = logger.child({ component: 'recovery' });
+  // Every CD-ROM of every running domain is reconciled with what libvirt shows now, at
+  // start (readiness waits for it), when a domain starts or resumes, and periodically.
+  const reconciler = new Reconciler({
+    hypervisor,
+    storage,
+    drives: registry,
+    log: logger,
+    intervalMs: config.reconcileIntervalMs,
+    observe: ({ row }) => metrics.recoveryActions.inc({ row }),
+  });
   return {
     executor: registry,
-    // Every CD-ROM of every domain is reconciled with what libvirt shows now; one drive
-    // failing to recover is logged and must not keep the others (or the host) down.
     recover: async () => {
-      for (const dom of await hypervisor.listDomains()) {
-        let drives: string[];
-        try {
-          drives = await hypervisor.listCdroms(dom.vmId);
-        } catch (err) {
-          log.warn({ err, vmId: dom.vmId }, 'cannot list CD-ROMs; skipped');
-          continue;
-        }
-        await Promise.all(
-          drives.map(async (drive) => {
-            const s = await registry.recover(dom.vmId, drive);
-            if (s.kind === 'recovered' && s.error !== null) log.warn({ vmId: dom.vmId, drive, err: s.error }, 'recovery failed');
-            else if (s.kind === 'retry') log.warn({ vmId: dom.vmId, drive, err: s.error }, 'recovery will be retried by the next command');
-          }),
-        );
-      }
+      const report = await reconciler.reconcileAll();
+      logger.child({ component: 'recovery' }).info(
+        { domains: report.domains, drives: report.drives, actions: report.actions, failed: report.failed.length, orphans: report.orphansTornDown.length },
+        'startup reconciliation done',
+      );
+      reconciler.start();
     },
-    close: () => hypervisor.close(),
+    close: async () => {
+      reconciler.stop();
+      await hypervisor.close();
+    },
   };
 };
 

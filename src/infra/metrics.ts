@@ -1,4 +1,4 @@
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** The worker's Prometheus metrics, on a registry of its own (no global state). */
 export interface Metrics {
@@ -9,6 +9,10 @@ export interface Metrics {
   readonly retries: Counter;
   readonly inFlight: Gauge;
   readonly brokerConnected: Gauge;
+  /** Time from the start of a command's work on its drive to its settled result. */
+  readonly commandDuration: Histogram<'action' | 'outcome'>;
+  /** Recovery decisions that changed something, by the design page row. */
+  readonly recoveryActions: Counter<'row'>;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -31,5 +35,18 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
     retries: new Counter({ name: 'cdrom_command_retries_total', help: 'retryable failures that were tried again', registers: [registry] }),
     inFlight: new Gauge({ name: 'cdrom_commands_in_flight', help: 'commands received and not yet acknowledged', registers: [registry] }),
     brokerConnected: new Gauge({ name: 'cdrom_broker_connected', help: '1 while connected to the broker', registers: [registry] }),
+    commandDuration: new Histogram({
+      name: 'cdrom_command_duration_seconds',
+      help: 'time a command spent on its drive, by action and outcome',
+      labelNames: ['action', 'outcome'] as const,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    recoveryActions: new Counter({
+      name: 'cdrom_recovery_actions_total',
+      help: 'drives whose half-done change recovery finished or discarded, by recovery row',
+      labelNames: ['row'] as const,
+      registers: [registry],
+    }),
   };
 }
