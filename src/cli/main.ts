@@ -1,8 +1,10 @@
 import { Command, CommanderError } from 'commander';
 import { registerDlq } from './dlq.command.js';
 import { registerEvents } from './events.command.js';
+import { registerRecover } from './recover.command.js';
 import { registerRun } from './run.command.js';
 import { registerSend } from './send.command.js';
+import { registerStatus } from './status.command.js';
 import { CliError, errorMessage } from './common.js';
 
 const program = new Command()
@@ -15,6 +17,8 @@ registerRun(program);
 registerSend(program);
 registerEvents(program);
 registerDlq(program);
+registerRecover(program);
+registerStatus(program);
 
 try {
   await program.parseAsync(process.argv);
