@@ -3,7 +3,7 @@ import { decodeCommand } from '../contracts/command.decode.js';
 import type { ChangeCdCommand } from '../contracts/schemas.js';
 import type { RetryConfig } from '../config.js';
 import type { ErrorInfo } from '../domain/errors.js';
-import type { Execution } from '../domain/outcome.js';
+import type { Attempt, Execution } from '../domain/outcome.js';
 import { NO_FAILPOINTS, type Failpoints } from '../infra/failpoints.js';
 import type { Logger } from '../infra/logging.js';
 import type { Metrics } from '../infra/metrics.js';
@@ -156,6 +156,7 @@ export class CommandConsumer {
     // so a message that keeps killing the worker ends in the dead letters too.
     let attempts = previousDeliveries(msg);
     const startedAt = new Date();
+    let lastAttempt: Attempt | undefined;
     let lastError: ErrorInfo = { code: 'INTERNAL', message: `delivered ${attempts} times without an outcome (worker crashed or lost the broker)`, retryable: true };
     while (attempts <= limit) {
       if (this.stopping) return 'leave';
@@ -168,6 +169,7 @@ export class CommandConsumer {
         return 'ack';
       }
       lastError = exec.error;
+      lastAttempt = exec.attempt ?? lastAttempt;
       attempts++;
       if (attempts > limit) break;
       const delay = this.backoff(attempts);
@@ -177,10 +179,10 @@ export class CommandConsumer {
     }
     log.error({ err: lastError, attempts, limit }, 'retry budget exhausted; dead-lettering');
     await Promise.all([
-      this.events.publish(exhaustedEvent(this.deps.hostId, cmd, lastError, startedAt, new Date()), reply),
+      this.events.publish(exhaustedEvent(this.deps.hostId, cmd, lastError, startedAt, new Date(), lastAttempt), reply),
       this.deadLetter(msg, lastError),
     ]);
-    this.deps.metrics?.commands.inc({ outcome: 'failed', action: 'none' });
+    this.deps.metrics?.commands.inc({ outcome: 'failed', action: lastAttempt?.action ?? 'none' });
     this.deps.metrics?.deadLettered.inc({ reason: 'retries-exhausted' });
     return 'ack';
   }

@@ -3,7 +3,7 @@ import type { Options } from 'amqplib';
 import type { ChangeCdCommand, ResultEvent } from '../contracts/schemas.js';
 import type { Rejection } from '../contracts/command.decode.js';
 import type { ErrorInfo } from '../domain/errors.js';
-import type { ChangeResult, ResultOutcome } from '../domain/outcome.js';
+import type { Attempt, ChangeResult, ResultOutcome } from '../domain/outcome.js';
 import type { Bus } from './connection.js';
 import { EVENTS_EXCHANGE, eventRoutingKey } from './topology.js';
 
@@ -48,7 +48,8 @@ export function rejectedEvent(hostId: string, rejection: Rejection, at: Date): R
     commandId: rejection.ids.commandId,
     vmId: rejection.ids.vmId,
     drive: rejection.ids.drive,
-    action: null,
+    // Nothing was done; `none` keeps `action` within the contract's four values.
+    action: 'none',
     previous: null,
     current: null,
     warnings: [],
@@ -57,18 +58,19 @@ export function rejectedEvent(hostId: string, rejection: Rejection, at: Date): R
 }
 
 /**
- * A command whose retry budget ran out: its outcome is unknown, so the drive's media
- * are not claimed (`action`, `previous`, `current` null) and the error stays retryable.
+ * A command whose retry budget ran out. `action` is the one attempted (as far as the
+ * machine got to know it; else what the media asks for), `previous`/`current` what the
+ * drive held when it was last seen, null when never seen. The error stays retryable.
  */
-export function exhaustedEvent(hostId: string, cmd: ChangeCdCommand, error: ErrorInfo, startedAt: Date, finishedAt: Date): ResultEvent {
+export function exhaustedEvent(hostId: string, cmd: ChangeCdCommand, error: ErrorInfo, startedAt: Date, finishedAt: Date, attempt?: Attempt): ResultEvent {
   return {
     ...envelope('failed', hostId, startedAt, finishedAt),
     commandId: cmd.commandId,
     vmId: cmd.vmId,
     drive: cmd.drive,
-    action: null,
-    previous: null,
-    current: null,
+    action: attempt?.action ?? (cmd.media === null ? 'eject' : 'load'),
+    previous: attempt?.previous ?? null,
+    current: attempt?.current ?? null,
     warnings: [],
     error: { code: error.code, message: error.message, retryable: true },
   };

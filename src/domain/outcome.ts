@@ -21,7 +21,15 @@ export interface ChangeResult {
  */
 export type Execution =
   | { readonly kind: 'result'; readonly result: ChangeResult; readonly startedAt: Date; readonly finishedAt: Date; readonly replayed: boolean }
-  | { readonly kind: 'retry'; readonly error: ErrorInfo };
+  | { readonly kind: 'retry'; readonly error: ErrorInfo; readonly attempt?: Attempt };
+
+/** What a command that has to be retried had set out to do, once that was known. */
+export interface Attempt {
+  readonly action: ChangeAction;
+  readonly previous: Media | null;
+  /** what the drive held when the step failed; its outcome is unknown */
+  readonly current: Media | null;
+}
 
 export function actionFor(previous: Media | null, requested: Media | null, same: boolean): ChangeAction {
   if (same) return 'none';

@@ -3,7 +3,7 @@ import type { ChangeCdCommand } from '../contracts/schemas.js';
 import { toCdromError, type ErrorInfo, type WarningInfo } from '../domain/errors.js';
 import { isPdiv, sameMedia, type Media } from '../domain/media.js';
 import type { DoneRecord, PendingRecord } from '../domain/metadata/journal.metadata.js';
-import { actionFor, type ChangeAction, type ChangeResult } from '../domain/outcome.js';
+import { actionFor, type Attempt, type ChangeAction, type ChangeResult } from '../domain/outcome.js';
 import type { DriveSource, PreparedVolume, TeardownResult } from '../domain/ports.js';
 import type { Activities, DriveRef, Inspection, MetadataEdit, RecoveryReport } from './cdrom.activities.js';
 
@@ -17,7 +17,7 @@ import type { Activities, DriveRef, Inspection, MetadataEdit, RecoveryReport } f
 
 export type Settlement =
   | { readonly kind: 'result'; readonly result: ChangeResult; readonly replayed: boolean }
-  | { readonly kind: 'retry'; readonly error: ErrorInfo }
+  | { readonly kind: 'retry'; readonly error: ErrorInfo; readonly attempt?: Attempt }
   | { readonly kind: 'recovered'; readonly report: RecoveryReport | null; readonly error: ErrorInfo | null };
 
 export type CdromEvent = { type: 'EXECUTE'; command: ChangeCdCommand; startedAt: string } | { type: 'RECOVER' };
@@ -111,7 +111,11 @@ export function createCdromMachine(activities: Activities) {
       })),
       settleRetry: emit(({ context }) => ({
         type: 'settled' as const,
-        settlement: { kind: 'retry' as const, error: context.error ?? { code: 'INTERNAL' as const, message: 'retry', retryable: true } },
+        settlement: {
+          kind: 'retry' as const,
+          error: context.error ?? { code: 'INTERNAL' as const, message: 'retry', retryable: true },
+          ...(context.inspection !== null ? { attempt: { action: context.action, previous: context.previous, current: context.current } } : {}),
+        },
       })),
       reset: assign(() => ({ ...fresh, warnings: [] })),
       // The step's outcome is unknown: never guess, retry (recovery reconciles first).

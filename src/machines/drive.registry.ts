@@ -72,7 +72,7 @@ export class DriveRegistry implements CommandExecutor {
       }
       case 'retry':
         log.warn({ err: settlement.error, durationMs }, 'changeCD will be retried');
-        return { kind: 'retry', error: settlement.error };
+        return { kind: 'retry', error: settlement.error, ...(settlement.attempt ? { attempt: settlement.attempt } : {}) };
       case 'recovered':
         // not produced for EXECUTE
         return { kind: 'retry', error: { code: 'INTERNAL', message: 'unexpected recovery settlement', retryable: true } };

@@ -99,7 +99,7 @@ describe('command consumer', () => {
     const body = JSON.stringify({ ...command({ vmId }), extra: true });
     await publish(ch, hostId, body, { messageId: 'm-1', correlationId: 'c-1', headers: { mine: 'yes' }, type: 'changeCD', appId: 'engine' });
     const [event] = await tap.count(1);
-    expect(event).toMatchObject({ type: 'changeCD.rejected', vmId, action: null, previous: null, current: null, error: { code: 'INVALID_COMMAND' } });
+    expect(event).toMatchObject({ type: 'changeCD.rejected', vmId, action: 'none', previous: null, current: null, error: { code: 'INVALID_COMMAND' } });
     await waitFor(async () => (await messageCount(model, deadQueue(hostId))) === 1, 5000, 'dead letter');
     const [dead] = await drainQueue(model, deadQueue(hostId));
     expect(dead!.content.toString()).toBe(body);
