@@ -2,6 +2,7 @@ import type { Config } from './config.js';
 import { Bus } from './consumers/connection.js';
 import { CommandConsumer } from './consumers/commands.consumer.js';
 import { createFailpoints, type Failpoints } from './infra/failpoints.js';
+import { instrumentActivities } from './infra/instrumented-activities.js';
 import { startHttpServer, type HealthState, type HttpServer } from './infra/http.js';
 import { createLogger, type Logger } from './infra/logging.js';
 import { createMetrics, type Metrics } from './infra/metrics.js';
@@ -47,7 +48,7 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
   const hypervisor = await LibvirtHypervisor.open({ uri: config.libvirtUri, logger });
   const storage = createStorage({ storageRoot: config.storageRoot, activation: config.lvmActivation, isoDirs: config.isoDirs, logger });
   const registry = new DriveRegistry({
-    activities: createActivities({ hypervisor, storage, failpoints }),
+    activities: instrumentActivities(createActivities({ hypervisor, storage, failpoints }), metrics, { log: logger, storage }),
     concurrency: config.concurrency,
     stepTimeoutMs: config.stepTimeoutMs,
     log: logger,

@@ -13,7 +13,15 @@ export interface Metrics {
   readonly commandDuration: Histogram<'action' | 'outcome'>;
   /** Recovery decisions that changed something, by the design page row. */
   readonly recoveryActions: Counter<'row'>;
+  /** One effect of a flow (see instrumented-activities.ts), by step and whether it threw. */
+  readonly stepDuration: Histogram<'step' | 'result'>;
+  /** Block volumes active on this host, as the storage adapter last listed them. */
+  readonly activeVolumes: Gauge;
 }
+
+/** The steps of a flow that `stepDuration` times; one per effect port call. */
+export const STEPS = ['prepare', 'update', 'teardown', 'metadata', 'journal'] as const;
+export type Step = (typeof STEPS)[number];
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
   const registry = new Registry();
@@ -46,6 +54,18 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
       name: 'cdrom_recovery_actions_total',
       help: 'drives whose half-done change recovery finished or discarded, by recovery row',
       labelNames: ['row'] as const,
+      registers: [registry],
+    }),
+    stepDuration: new Histogram({
+      name: 'cdrom_step_duration_seconds',
+      help: 'time of one step of a flow (prepare, update, teardown, metadata, journal), by result (ok, error)',
+      labelNames: ['step', 'result'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    activeVolumes: new Gauge({
+      name: 'cdrom_active_volumes',
+      help: 'block volumes active on this host (storage listing refreshed after every prepare, teardown and recovery)',
       registers: [registry],
     }),
   };

@@ -1,0 +1,170 @@
+import type { Logger } from './logging.js';
+import type { Metrics, Step } from './metrics.js';
+
+/**
+ * A decorator over the CD-ROM machine's activities: times every effect step into
+ * `cdrom_step_duration_seconds`, logs it (debug when it worked, warn when it threw) with
+ * the command's ids, and keeps `cdrom_active_volumes` in line with the storage adapter.
+ *
+ * The shapes below are structural on purpose: infra does not import the machines'
+ * types, and whatever has these methods can be instrumented.
+ */
+
+interface DriveInput {
+  readonly vmId: string;
+  readonly drive: string;
+}
+
+/** A command's media (PDIV, legacy path or null); only its volumeID or path is read. */
+type MediaLike = unknown;
+
+export interface StepActivities {
+  inspect(input: DriveInput & { readonly commandId: string | null }): Promise<unknown>;
+  recover(input: DriveInput): Promise<unknown>;
+  editMetadata(input: DriveInput): Promise<unknown>;
+  writeJournal(input: DriveInput & { readonly record: { readonly commandId: string } }): Promise<unknown>;
+  prepareVolume(input: { readonly media: MediaLike }): Promise<{ readonly diskType: string }>;
+  updateDevice(input: DriveInput): Promise<unknown>;
+  teardownVolume(input: { readonly media: MediaLike }): Promise<unknown>;
+}
+
+export interface InstrumentOptions {
+  /** Step logs; nothing is logged without it. */
+  readonly log?: Logger;
+  /** The storage adapter's listing; without it the active-volumes gauge is left alone. */
+  readonly storage?: { listActiveVolumes(): Promise<readonly unknown[]> };
+}
+
+/** Entries kept per map before the oldest go (drives seen, volumes in flight). */
+const MAX_TRACKED = 4096;
+
+/** A volume's identity in a command: the volumeID of a PDIV, else the legacy path. */
+function mediaKey(media: MediaLike): string | null {
+  if (typeof media !== 'object' || media === null) return null;
+  const m = media as { readonly volumeID?: unknown; readonly path?: unknown };
+  const id = m.volumeID ?? m.path;
+  return typeof id === 'string' ? id.toLowerCase() : null;
+}
+
+const driveKey = (i: DriveInput): string => `${i.vmId.toLowerCase()}/${i.drive}`;
+
+function remember<V>(map: Map<string, V>, key: string, value: V): void {
+  map.delete(key);
+  map.set(key, value);
+  if (map.size > MAX_TRACKED) map.delete(map.keys().next().value as string);
+}
+
+export function instrumentActivities<A extends StepActivities>(activities: A, metrics: Pick<Metrics, 'stepDuration' | 'activeVolumes'>, options: InstrumentOptions = {}): A {
+  const log = options.log?.child({ component: 'steps' });
+  // A drive runs one request at a time, so the command a drive's step belongs to is the
+  // one its last inspect named.
+  const commandOf = new Map<string, { vmId: string; drive: string; commandId: string | null }>();
+  // prepare/teardown name a volume, not a drive: the pending journal record says which
+  // drive's command set out to load or eject it. Claimed by two drives at once → no ids.
+  const claims = new Map<string, Set<string>>();
+  const claimsOf = new Map<string, string[]>();
+
+  const release = (dk: string): void => {
+    for (const mk of claimsOf.get(dk) ?? []) {
+      const set = claims.get(mk);
+      set?.delete(dk);
+      if (set?.size === 0) claims.delete(mk);
+    }
+    claimsOf.delete(dk);
+  };
+
+  const idsOfDrive = (i: DriveInput): Record<string, string | null> => ({
+    commandId: commandOf.get(driveKey(i))?.commandId ?? null,
+    vmId: i.vmId,
+    drive: i.drive,
+  });
+
+  const idsOfMedia = (media: MediaLike): Record<string, string | null> => {
+    const mk = mediaKey(media);
+    const owners = mk === null ? undefined : claims.get(mk);
+    const ids = owners?.size === 1 ? commandOf.get([...owners][0] ?? '') : undefined;
+    return { ...(ids ?? {}), volume: mk };
+  };
+
+  // One listing in flight at most; requests while it runs fold into one more after it.
+  let refreshing: Promise<void> | null = null;
+  let again = false;
+  const refreshActive = (): void => {
+    const storage = options.storage;
+    if (storage === undefined) return;
+    if (refreshing !== null) {
+      again = true;
+      return;
+    }
+    refreshing = storage
+      .listActiveVolumes()
+      .then((vols) => metrics.activeVolumes.set(vols.length))
+      .catch((err: unknown) => log?.debug({ err }, 'listing active volumes failed; gauge unchanged'))
+      .finally(() => {
+        refreshing = null;
+        if (again) {
+          again = false;
+          refreshActive();
+        }
+      });
+  };
+
+  async function timed<T>(step: Step, ids: Record<string, string | null>, run: () => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    try {
+      const out = await run();
+      const durationMs = Math.round((performance.now() - t0) * 1000) / 1000;
+      metrics.stepDuration.observe({ step, result: 'ok' }, durationMs / 1000);
+      log?.debug({ ...ids, step, durationMs }, `step ${step} done`);
+      return out;
+    } catch (err) {
+      const durationMs = Math.round((performance.now() - t0) * 1000) / 1000;
+      metrics.stepDuration.observe({ step, result: 'error' }, durationMs / 1000);
+      log?.warn({ ...ids, step, durationMs, err }, `step ${step} failed`);
+      throw err;
+    }
+  }
+
+  refreshActive();
+
+  return {
+    ...activities,
+    inspect: async (input) => {
+      remember(commandOf, driveKey(input), { vmId: input.vmId, drive: input.drive, commandId: input.commandId });
+      return activities.inspect(input);
+    },
+    recover: async (input) => {
+      try {
+        return await activities.recover(input);
+      } finally {
+        refreshActive();
+      }
+    },
+    editMetadata: (input) => timed('metadata', idsOfDrive(input), () => activities.editMetadata(input)),
+    writeJournal: (input) => {
+      const dk = driveKey(input);
+      const record = input.record as { readonly commandId: string; readonly previous?: MediaLike; readonly requested?: MediaLike; readonly result?: unknown };
+      if (record.result === undefined) {
+        // pending: this command now owns the volumes it will prepare or tear down
+        release(dk);
+        const keys = [mediaKey(record.previous ?? null), mediaKey(record.requested ?? null)].filter((k): k is string => k !== null);
+        for (const mk of keys) {
+          const set = claims.get(mk) ?? new Set<string>();
+          set.add(dk);
+          remember(claims, mk, set);
+        }
+        remember(claimsOf, dk, keys);
+      }
+      return timed('journal', { commandId: input.record.commandId, vmId: input.vmId, drive: input.drive }, () => activities.writeJournal(input)).finally(() => {
+        if (record.result !== undefined) release(dk);
+      });
+    },
+    prepareVolume: (input) =>
+      timed('prepare', idsOfMedia(input.media), () => activities.prepareVolume(input)).then((prepared) => {
+        if (prepared.diskType === 'block') refreshActive();
+        return prepared;
+      }),
+    updateDevice: (input) => timed('update', idsOfDrive(input), () => activities.updateDevice(input)),
+    teardownVolume: (input) => timed('teardown', idsOfMedia(input.media), () => activities.teardownVolume(input)).finally(refreshActive),
+  };
+}
