@@ -20,6 +20,11 @@ export interface RegistryOptions {
   readonly stepTimeoutMs: number;
   readonly log: Logger;
   readonly now?: () => Date;
+  /**
+   * How long an idle drive keeps its actor (a burst of commands for one drive then
+   * pays for one actor); 0 stops it as soon as its queue runs dry.
+   */
+  readonly idleTtlMs?: number;
   /** called once per settled request, e.g. for metrics */
   readonly observe?: (event: { vmId: string; drive: string; settlement: Settlement; durationMs: number }) => void;
 }
@@ -36,6 +41,7 @@ interface Slot {
   readonly queue: Job[];
   actor: Actor<CdromMachine> | null;
   running: boolean;
+  idleSince: number;
 }
 
 export class DriveRegistry implements CommandExecutor {
@@ -46,11 +52,14 @@ export class DriveRegistry implements CommandExecutor {
   private closed = false;
   private readonly now: () => Date;
   private readonly log: Logger;
+  private readonly idleTtlMs: number;
+  private sweeper: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: RegistryOptions) {
     this.machine = createCdromMachine(opts.activities);
     this.now = opts.now ?? (() => new Date());
     this.log = opts.log.child({ component: 'registry' });
+    this.idleTtlMs = opts.idleTtlMs ?? 5_000;
   }
 
   async execute(command: ChangeCdCommand): Promise<Execution> {
@@ -89,10 +98,25 @@ export class DriveRegistry implements CommandExecutor {
     this.closed = true;
     const deadline = Date.now() + timeoutMs;
     while (this.pending() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    for (const slot of this.slots.values()) slot.actor?.stop();
+    this.reap(0);
   }
 
-  /** Drives with an actor alive now (in flight or queued). */
+  /** Stop the actors of drives idle for `ttlMs` or longer. */
+  reap(ttlMs: number = this.idleTtlMs): void {
+    const cutoff = Date.now() - ttlMs;
+    for (const [key, slot] of this.slots) {
+      if (!slot.running && slot.queue.length === 0 && slot.idleSince <= cutoff) {
+        slot.actor?.stop();
+        this.slots.delete(key);
+      }
+    }
+    if (this.slots.size === 0 && this.sweeper !== null) {
+      clearInterval(this.sweeper);
+      this.sweeper = null;
+    }
+  }
+
+  /** Drives with an actor alive now (in flight, queued, or idle and not yet reaped). */
   get liveDrives(): number {
     return this.slots.size;
   }
@@ -107,7 +131,7 @@ export class DriveRegistry implements CommandExecutor {
     const key = driveKey(vmId, drive);
     let slot = this.slots.get(key);
     if (slot === undefined) {
-      slot = { vmId, drive, queue: [], actor: null, running: false };
+      slot = { vmId, drive, queue: [], actor: null, running: false, idleSince: 0 };
       this.slots.set(key, slot);
     }
     const s = slot;
@@ -134,10 +158,15 @@ export class DriveRegistry implements CommandExecutor {
       }
     } finally {
       slot.running = false;
-      slot.actor?.stop();
-      slot.actor = null;
-      if (slot.queue.length === 0) this.slots.delete(key);
-      else void this.pump(key, slot);
+      slot.idleSince = Date.now();
+      if (slot.queue.length > 0) void this.pump(key, slot);
+      else if (this.idleTtlMs === 0 || this.closed) {
+        slot.actor?.stop();
+        this.slots.delete(key);
+      } else if (this.sweeper === null) {
+        this.sweeper = setInterval(() => this.reap(), Math.max(50, this.idleTtlMs / 2));
+        this.sweeper.unref();
+      }
     }
   }
 

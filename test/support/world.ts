@@ -50,7 +50,7 @@ export interface World {
 }
 
 /** A VM with CD-ROM `sdc`, holding `holding` (null: empty), over the fakes. */
-export function makeWorld(opts: { holding?: Pdiv | null; failpoints?: Failpoints; stepTimeoutMs?: number; concurrency?: number } = {}): World {
+export function makeWorld(opts: { holding?: Pdiv | null; failpoints?: Failpoints; stepTimeoutMs?: number; concurrency?: number; idleTtlMs?: number } = {}): World {
   const hv = new FakeHypervisor();
   const storage = new FakeStorage(['/iso']);
   storage.addVolume(ISO_A);
@@ -63,7 +63,7 @@ export function makeWorld(opts: { holding?: Pdiv | null; failpoints?: Failpoints
   });
   if (holding !== null) storage.activate(holding);
   const activities = createActivities({ hypervisor: hv, storage, failpoints: opts.failpoints });
-  const registry = new DriveRegistry({ activities, concurrency: opts.concurrency ?? 16, stepTimeoutMs: opts.stepTimeoutMs ?? 5_000, log: silentLogger() });
+  const registry = new DriveRegistry({ activities, concurrency: opts.concurrency ?? 16, stepTimeoutMs: opts.stepTimeoutMs ?? 5_000, log: silentLogger(), idleTtlMs: opts.idleTtlMs ?? 0 });
   const command = (media: Media | null, o: { commandId?: string; drive?: string; vmId?: string } = {}): ChangeCdCommand => ({
     type: 'changeCD',
     version: 1,

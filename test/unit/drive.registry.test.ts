@@ -58,6 +58,16 @@ describe('per-drive registry', () => {
     expect(w.registry.liveDrives).toBe(0);
   });
 
+  it('keeps an idle drive\'s actor for the idle TTL, then reaps it', async () => {
+    const w = makeWorld({ idleTtlMs: 40 });
+    resultOf(await w.run(ISO_A));
+    resultOf(await w.run(ISO_B));
+    expect(w.registry.liveDrives).toBe(1);
+    await new Promise((r) => setTimeout(r, 150));
+    expect(w.registry.liveDrives).toBe(0);
+    expect(resultOf(await w.run(null)).action).toBe('eject');
+  });
+
   it('drain waits for in-flight work and then refuses new commands with a retry', async () => {
     const w = makeWorld();
     const gate = gatePrepare(w);

@@ -43,7 +43,14 @@ const RECORD_RE = /<(?:[\w.-]+:)?command\b[^>]*>([A-Za-z0-9_=-]*)<\/(?:[\w.-]+:)
 const parsed = new Map<string, Journal>();
 const PARSED_MAX = 1024;
 
+function remember(xml: string, journal: Journal): void {
+  if (parsed.size >= PARSED_MAX) parsed.clear();
+  parsed.set(xml, journal);
+}
+
 export class Journal {
+  private xml: string | undefined;
+
   private constructor(private readonly records: readonly JournalRecord[]) {}
 
   /**
@@ -64,19 +71,23 @@ export class Journal {
       }
     }
     const journal = new Journal(records);
-    if (parsed.size >= PARSED_MAX) parsed.clear();
-    parsed.set(xml, journal);
+    remember(xml, journal);
     return journal;
   }
 
   toXml(): string {
+    if (this.xml !== undefined) return this.xml;
     const p = JOURNAL_NS.prefix;
     const kids = this.records.map((r) =>
       element(`${p}:command`, { id: r.commandId, drive: r.drive, status: r.status }, [
         text(Buffer.from(JSON.stringify(r), 'utf8').toString('base64url')),
       ]),
     );
-    return buildXml(element(`${p}:${JOURNAL_NS.key}`, { [`xmlns:${p}`]: JOURNAL_NS.uri }, kids));
+    const xml = buildXml(element(`${p}:${JOURNAL_NS.key}`, { [`xmlns:${p}`]: JOURNAL_NS.uri }, kids));
+    // What we write is what the next read usually returns: remember it as parsed.
+    this.xml = xml;
+    remember(xml, this);
+    return xml;
   }
 
   find(drive: string, commandId: string): JournalRecord | undefined {

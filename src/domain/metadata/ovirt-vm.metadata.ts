@@ -56,11 +56,18 @@ const PDIV_KEYS = ['domainID', 'imageID', 'poolID', 'volumeID'] as const;
 const parsedDocs = new Map<string, VmMetadata>();
 const PARSED_MAX = 1024;
 
+function remember(xml: string, md: VmMetadata): void {
+  if (parsedDocs.size >= PARSED_MAX) parsedDocs.clear();
+  parsedDocs.set(xml, md);
+}
+
 export class MetadataError extends Error {
   override readonly name = 'MetadataError';
 }
 
 export class VmMetadata {
+  private xml: string | undefined;
+
   private constructor(
     private readonly root: XmlElement,
     private readonly prefix: string | null,
@@ -73,8 +80,7 @@ export class VmMetadata {
     let md = parsedDocs.get(xml);
     if (md === undefined) {
       md = VmMetadata.read(xml);
-      if (parsedDocs.size >= PARSED_MAX) parsedDocs.clear();
-      parsedDocs.set(xml, md);
+      remember(xml, md);
     }
     return md;
   }
@@ -96,7 +102,11 @@ export class VmMetadata {
   }
 
   toXml(): string {
-    return buildXml(this.root);
+    if (this.xml === undefined) {
+      this.xml = buildXml(this.root);
+      remember(this.xml, this);
+    }
+    return this.xml;
   }
 
   drive(drive: string): DriveMetadata {
