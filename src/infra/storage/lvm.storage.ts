@@ -131,10 +131,13 @@ export class BlockDomains {
   }
 
   /**
-   * Active ISO volumes. Loop mode: the mappings found on the system are ours by
-   * construction (PV + exact extent range). dm mode: LVM cannot say who activated an LV,
-   * so only active LVs with our link in place count — on a host where vdsm also links
-   * volumes, its links count too.
+   * Active ISO volumes with our link in place. dm mode: LVM cannot say who activated an
+   * LV, so only the link tells (on a host where vdsm also links volumes, its links count
+   * too). Loop mode: a mapping is an LV's by construction (PV + exact extent range), but
+   * not necessarily this worker's — several storage roots share one machine in tests and
+   * CI, and one worker's orphan reaping must not tear down another's volumes. An LV
+   * mapped but not yet linked (a crash in between) is not listed; the flow's recorded
+   * intent makes recovery tear it down.
    */
   async listActive(signal: AbortSignal): Promise<Pdiv[]> {
     const active = await this.options.activator.listActive(signal);
@@ -143,7 +146,7 @@ export class BlockDomains {
       if (!UUID_RE.test(lv.vg) || !UUID_RE.test(lv.lv)) continue;
       const imageID = lv.tags.find((t) => t.startsWith(IMAGE_TAG))?.slice(IMAGE_TAG.length);
       if (imageID === undefined || !UUID_RE.test(imageID)) continue;
-      if (this.options.activator.mode === 'dm' && !(await isLinkTo(this.linkPath(lv.vg, imageID, lv.lv), lv.device))) continue;
+      if (!(await isLinkTo(this.linkPath(lv.vg, imageID, lv.lv), lv.device))) continue;
       out.push({ poolID: await this.poolOf(lv.vg), domainID: lv.vg, imageID, volumeID: lv.lv });
     }
     return out;
