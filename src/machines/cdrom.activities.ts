@@ -3,7 +3,7 @@ import { KeyedMutex } from '../domain/keyed-mutex.js';
 import { isPdiv, type Media, type Pdiv } from '../domain/media.js';
 import { Journal, type JournalRecord, type PendingRecord, type DoneRecord } from '../domain/metadata/journal.metadata.js';
 import { VmMetadata, type CdState, type DriveMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
-import { JOURNAL_NS, OVIRT_VM_NS, type DriveSource, type HypervisorPort, type PreparedVolume, type StoragePort, type TeardownResult } from '../domain/ports.js';
+import { JOURNAL_NS, OVIRT_VM_NS, type MetadataNamespace, type DriveSource, type HypervisorPort, type PreparedVolume, type StoragePort, type TeardownResult } from '../domain/ports.js';
 import { decideRecovery, sourceHolds, volumesToCheck, type RecoveryRow } from '../domain/recovery.js';
 import { NO_FAILPOINTS, type Failpoint, type Failpoints } from '../infra/failpoints.js';
 
@@ -62,13 +62,22 @@ export function createActivities(deps: ActivityDeps): Activities {
   const { hypervisor, storage } = deps;
   const fp = deps.failpoints ?? NO_FAILPOINTS;
   const locks = deps.metadataLocks ?? new KeyedMutex();
+  const mdCache = new DocumentCache<VmMetadata>((xml) => parseMetadata(xml));
+  const journalCache = new DocumentCache<Journal>((xml) => Journal.parse(xml));
+
+  async function readMetadata(vmId: string): Promise<VmMetadata> {
+    return mdCache.get(vmId, await hypervisor.getMetadata(vmId, OVIRT_VM_NS));
+  }
 
   /** Serialised read-modify-write of one namespace of one domain; skips no-op writes. */
-  async function rewrite(vmId: string, ns: typeof OVIRT_VM_NS | typeof JOURNAL_NS, edit: (xml: string | null) => string): Promise<void> {
+  async function rewrite<T extends { toXml(): string }>(vmId: string, ns: MetadataNamespace, cache: DocumentCache<T>, edit: (doc: T) => T): Promise<void> {
     await locks.run(`${vmId.toLowerCase()}|${ns.uri}`, async () => {
-      const before = await hypervisor.getMetadata(vmId, ns);
+      const before = cache.get(vmId, await hypervisor.getMetadata(vmId, ns));
       const after = edit(before);
-      if (after !== before) await hypervisor.setMetadata(vmId, ns, after);
+      if (after === before) return;
+      const xml = after.toXml();
+      await hypervisor.setMetadata(vmId, ns, xml);
+      cache.put(vmId, xml, after);
     });
   }
 
@@ -89,20 +98,20 @@ export function createActivities(deps: ActivityDeps): Activities {
   }
 
   async function inspect({ vmId, drive, commandId }: DriveRef & { commandId: string | null }): Promise<Inspection> {
-    const [source, mdXml, journalXml] = await Promise.all([
+    const [source, md, journalXml] = await Promise.all([
       hypervisor.readDrive(vmId, drive),
-      hypervisor.getMetadata(vmId, OVIRT_VM_NS),
+      readMetadata(vmId),
       commandId === null ? Promise.resolve(null) : hypervisor.getMetadata(vmId, JOURNAL_NS),
     ]);
-    const metadata = parseMetadata(mdXml).drive(drive);
-    const record = commandId === null ? undefined : Journal.parse(journalXml).find(drive, commandId);
+    const metadata = md.drive(drive);
+    const record = commandId === null ? undefined : journalCache.get(vmId, journalXml).find(drive, commandId);
     const pending = metadata.change !== null || metadata.entries.some((e) => e.state !== null);
     return { source, metadata, current: currentMedia(source, metadata), record, pending };
   }
 
   async function recover({ vmId, drive }: DriveRef): Promise<RecoveryReport> {
-    const [source, mdXml] = await Promise.all([hypervisor.readDrive(vmId, drive), hypervisor.getMetadata(vmId, OVIRT_VM_NS)]);
-    const metadata = parseMetadata(mdXml).drive(drive);
+    const [source, md] = await Promise.all([hypervisor.readDrive(vmId, drive), readMetadata(vmId)]);
+    const metadata = md.drive(drive);
     const volumes = volumesToCheck(metadata);
     const active = new Set<string>();
     await Promise.all(
@@ -137,12 +146,7 @@ export function createActivities(deps: ActivityDeps): Activities {
           break;
       }
     }
-    if (edits.length > 0) {
-      await rewrite(vmId, OVIRT_VM_NS, (xml) => {
-        const md = edits.reduce((acc, e) => e(acc), parseMetadata(xml));
-        return md.toXml();
-      });
-    }
+    if (edits.length > 0) await rewrite(vmId, OVIRT_VM_NS, mdCache, (md) => edits.reduce((acc, e) => e(acc), md));
     return { row: decision.row, steps: decision.steps.length, warnings };
   }
 
@@ -152,21 +156,12 @@ export function createActivities(deps: ActivityDeps): Activities {
 
     async editMetadata({ vmId, drive, edits, failpoint }) {
       if (failpoint !== undefined) fp.before(failpoint);
-      if (edits.length > 0) {
-        await rewrite(vmId, OVIRT_VM_NS, (xml) => {
-          const md = parseMetadata(xml);
-          const next = applyEdits(md, drive, edits);
-          return next === md ? (xml ?? '') : next.toXml();
-        });
-      }
+      if (edits.length > 0) await rewrite(vmId, OVIRT_VM_NS, mdCache, (md) => applyEdits(md, drive, edits));
       if (failpoint !== undefined) fp.after(failpoint);
     },
 
     async writeJournal({ vmId, record }) {
-      await rewrite(vmId, JOURNAL_NS, (xml) => {
-        const journal = Journal.parse(xml);
-        return ('result' in record ? journal.withDone(record) : journal.withPending(record)).toXml();
-      });
+      await rewrite(vmId, JOURNAL_NS, journalCache, (journal) => ('result' in record ? journal.withDone(record) : journal.withPending(record)));
     },
 
     async prepareVolume({ media }) {
@@ -189,6 +184,35 @@ export function createActivities(deps: ActivityDeps): Activities {
       return res;
     },
   };
+}
+
+/**
+ * The last document seen per domain, so that reading back what we just wrote (or what
+ * did not change) costs a string comparison instead of a parse. Bounded, oldest first out.
+ */
+class DocumentCache<T> {
+  private readonly docs = new Map<string, { xml: string | null; doc: T }>();
+
+  constructor(
+    private readonly parse: (xml: string | null) => T,
+    private readonly max = 4096,
+  ) {}
+
+  get(vmId: string, xml: string | null): T {
+    const key = vmId.toLowerCase();
+    const hit = this.docs.get(key);
+    if (hit !== undefined && hit.xml === xml) return hit.doc;
+    const doc = this.parse(xml);
+    this.put(vmId, xml, doc);
+    return doc;
+  }
+
+  put(vmId: string, xml: string | null, doc: T): void {
+    const key = vmId.toLowerCase();
+    this.docs.delete(key);
+    this.docs.set(key, { xml, doc });
+    if (this.docs.size > this.max) this.docs.delete(this.docs.keys().next().value as string);
+  }
 }
 
 function parseMetadata(xml: string | null): VmMetadata {

@@ -39,13 +39,16 @@ export type JournalRecord = PendingRecord | DoneRecord;
 
 const RECORD_RE = /<(?:[\w.-]+:)?command\b[^>]*>([A-Za-z0-9_=-]*)<\/(?:[\w.-]+:)?command>/g;
 
-/** Parsed journals by their XML: a drive's journal is read on every command. */
-const parsed = new Map<string, Journal>();
-const PARSED_MAX = 1024;
+/** A record's encoded payload, as read or first written: records are immutable. */
+const payloads = new WeakMap<JournalRecord, string>();
 
-function remember(xml: string, journal: Journal): void {
-  if (parsed.size >= PARSED_MAX) parsed.clear();
-  parsed.set(xml, journal);
+function payloadOf(r: JournalRecord): string {
+  let p = payloads.get(r);
+  if (p === undefined) {
+    p = Buffer.from(JSON.stringify(r), 'utf8').toString('base64url');
+    payloads.set(r, p);
+  }
+  return p;
 }
 
 export class Journal {
@@ -59,19 +62,21 @@ export class Journal {
    */
   static parse(xml: string | null): Journal {
     if (xml === null || xml.trim() === '') return new Journal([]);
-    const hit = parsed.get(xml);
-    if (hit !== undefined) return hit;
     const records: JournalRecord[] = [];
     for (const m of xml.matchAll(RECORD_RE)) {
       try {
-        const rec = JSON.parse(Buffer.from(m[1] ?? '', 'base64url').toString('utf8')) as JournalRecord;
-        if (typeof rec.commandId === 'string' && typeof rec.drive === 'string') records.push(rec);
+        const payload = m[1] ?? '';
+        const rec = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as JournalRecord;
+        if (typeof rec.commandId === 'string' && typeof rec.drive === 'string') {
+          payloads.set(rec, payload);
+          records.push(rec);
+        }
       } catch {
         // A damaged record only costs the idempotency of that command; keep the rest.
       }
     }
     const journal = new Journal(records);
-    remember(xml, journal);
+    journal.xml = xml;
     return journal;
   }
 
@@ -80,13 +85,11 @@ export class Journal {
     const p = JOURNAL_NS.prefix;
     const kids = this.records.map((r) =>
       element(`${p}:command`, { id: r.commandId, drive: r.drive, status: r.status }, [
-        text(Buffer.from(JSON.stringify(r), 'utf8').toString('base64url')),
+        text(payloadOf(r)),
       ]),
     );
     const xml = buildXml(element(`${p}:${JOURNAL_NS.key}`, { [`xmlns:${p}`]: JOURNAL_NS.uri }, kids));
-    // What we write is what the next read usually returns: remember it as parsed.
     this.xml = xml;
-    remember(xml, this);
     return xml;
   }
 

@@ -53,14 +53,6 @@ export interface DriveMetadata {
 
 const PDIV_KEYS = ['domainID', 'imageID', 'poolID', 'volumeID'] as const;
 
-const parsedDocs = new Map<string, VmMetadata>();
-const PARSED_MAX = 1024;
-
-function remember(xml: string, md: VmMetadata): void {
-  if (parsedDocs.size >= PARSED_MAX) parsedDocs.clear();
-  parsedDocs.set(xml, md);
-}
-
 export class MetadataError extends Error {
   override readonly name = 'MetadataError';
 }
@@ -75,13 +67,8 @@ export class VmMetadata {
 
   /** `null` (the domain has no such metadata yet) gives an empty element. */
   static parse(xml: string | null): VmMetadata {
-    if (xml === null) return VmMetadata.read(xml);
-    // Documents are immutable, so one parse serves every read of the same XML.
-    let md = parsedDocs.get(xml);
-    if (md === undefined) {
-      md = VmMetadata.read(xml);
-      remember(xml, md);
-    }
+    const md = VmMetadata.read(xml);
+    if (xml !== null) md.xml = xml;
     return md;
   }
 
@@ -102,10 +89,7 @@ export class VmMetadata {
   }
 
   toXml(): string {
-    if (this.xml === undefined) {
-      this.xml = buildXml(this.root);
-      remember(this.xml, this);
-    }
+    this.xml ??= buildXml(this.root);
     return this.xml;
   }
 
