@@ -105,6 +105,55 @@ describe('loadConfig', () => {
   });
 });
 
+describe('every CONTRACT section 1 variable has its invalid form refused', () => {
+  it.each([
+    [{ CDROM_HOST_ID: 'host.example.com' }, 'CDROM_HOST_ID'],
+    [{ CDROM_AMQP_URL: 'amqp://' }, 'CDROM_AMQP_URL'],
+    [{ CDROM_AMQP_URL: ' , ' }, 'CDROM_AMQP_URL'],
+    [{ CDROM_AMQP_CERT: '/nonexistent/cert.pem' }, 'CDROM_AMQP_CERT'],
+    [{ CDROM_AMQP_KEY: '/nonexistent/key.pem' }, 'CDROM_AMQP_KEY'],
+    [{ CDROM_DECLARE_TOPOLOGY: '2' }, 'CDROM_DECLARE_TOPOLOGY'],
+    [{ CDROM_LIBVIRT_URI: 'not a uri' }, 'CDROM_LIBVIRT_URI'],
+    [{ CDROM_STORAGE_ROOT: './rhev' }, 'CDROM_STORAGE_ROOT'],
+    [{ CDROM_LVM_ACTIVATION: 'LOOP' }, 'CDROM_LVM_ACTIVATION'],
+    [{ CDROM_ISO_DIRS: ':::' }, 'CDROM_ISO_DIRS'],
+    [{ CDROM_CONCURRENCY: '-3' }, 'CDROM_CONCURRENCY'],
+    [{ CDROM_HTTP_PORT: 'http' }, 'CDROM_HTTP_PORT'],
+    [{ CDROM_HTTP_PORT: '-1' }, 'CDROM_HTTP_PORT'],
+    [{ CDROM_LOG_LEVEL: 'verbose' }, 'CDROM_LOG_LEVEL'],
+    [{ CDROM_ENABLE_FAILPOINTS: 'yes' }, 'CDROM_ENABLE_FAILPOINTS'],
+    [{ CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: 'prepare:explode' }, 'CDROM_FAILPOINT'],
+    [{ CDROM_RETRY_BASE_MS: '0' }, 'CDROM_RETRY_BASE_MS'],
+    [{ CDROM_RETRY_MAX_MS: 'soon' }, 'CDROM_RETRY_MAX_MS'],
+    [{ CDROM_STEP_TIMEOUT_MS: '0' }, 'CDROM_STEP_TIMEOUT_MS'],
+    [{ CDROM_DRAIN_TIMEOUT_MS: '1e3' }, 'CDROM_DRAIN_TIMEOUT_MS'],
+    [{ CDROM_RECONCILE_INTERVAL_MS: '-5' }, 'CDROM_RECONCILE_INTERVAL_MS'],
+  ])('%j → %s', (env, variable) => {
+    const err = configError({ CDROM_HOST_ID: 'h', ...env });
+    expect(err.variable).toBe(variable);
+    expect(err.message.startsWith(`${variable}: `)).toBe(true);
+    expect(err.message).not.toMatch(/\n/);
+  });
+
+  it('accepts the valid edge values', () => {
+    const c = loadConfig({
+      CDROM_HOST_ID: 'A'.repeat(64),
+      CDROM_AMQP_URL: 'amqps://broker.example:5671',
+      CDROM_LIBVIRT_URI: 'qemu+tls://host/system',
+      CDROM_HTTP_PORT: '65535',
+      CDROM_LOG_LEVEL: 'SILENT',
+      CDROM_DECLARE_TOPOLOGY: 'false',
+      CDROM_RECONCILE_INTERVAL_MS: '0',
+      CDROM_DRAIN_TIMEOUT_MS: '0',
+    });
+    expect(c).toMatchObject({ httpPort: 65535, logLevel: 'silent', declareTopology: false, reconcileIntervalMs: 0, drainTimeoutMs: 0, libvirtUri: 'qemu+tls://host/system' });
+  });
+
+  it('keeps a stray failpoint from stopping a production worker', () => {
+    expect(() => loadConfig({ CDROM_HOST_ID: 'h', CDROM_ENABLE_FAILPOINTS: '0', CDROM_FAILPOINT: 'prepare:explode' })).not.toThrow();
+  });
+});
+
 describe('cdrom-worker run with invalid configuration', () => {
   it('prints one line naming the variable and exits 2 before connecting', async () => {
     const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
