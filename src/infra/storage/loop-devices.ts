@@ -20,7 +20,10 @@ async function readSys(path: string): Promise<string | null> {
   try {
     return (await readFile(path, 'utf8')).trim();
   } catch (err) {
-    if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ENXIO') return null;
+    // A loop device detached while we read it (by anyone on the host) answers ENODEV
+    // from its sysfs attributes: it is gone, like ENOENT/ENXIO, not a failure.
+    const code = errnoOf(err);
+    if (code === 'ENOENT' || code === 'ENXIO' || code === 'ENODEV') return null;
     throw err;
   }
 }
