@@ -1,0 +1,201 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { cpus } from 'node:os';
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { Cleanup, RESULT_PREFIX, argValue } from './lib/common.js';
+import { topEntries, type ProfileEntry } from './lib/profile.js';
+import { sweepLeftovers } from './lib/real-env.js';
+import type { OverheadResult } from './overhead.bench.js';
+import type { ParallelResult } from './parallel.bench.js';
+import type { RecoveryResult } from './recovery.bench.js';
+import type { MemoryResult } from './memory.bench.js';
+import type { ThroughputResult } from './throughput.bench.js';
+
+/**
+ * `npm run bench`: every section runs in its own Node process (clean heap for the
+ * memory figures, one CPU profile per section, and a crash or Ctrl-C in one cleans up
+ * its own VMs, storage and queues), then bench/results.json and a markdown table.
+ *
+ *   npm run bench                      the full run (what results.json records)
+ *   npm run bench -- --quick           smaller counts, a few minutes
+ *   npm run bench -- --only overhead,memory
+ *   npm run bench -- --profile         also node --cpu-prof of overhead and throughput
+ *   BENCH_QUICK=1, BENCH_ONLY=…, BENCH_PROFILE=1 do the same; BENCH_NO_LOCK=1 skips the
+ *   end-to-end lock (faster while others run e2e tests, but their workers may then
+ *   reconcile the bench VMs mid-change).
+ * Counts can be overridden per section, e.g. `--overhead-changes 300 --parallel-per-vm 50`.
+ */
+
+const BENCH = resolve(import.meta.dirname);
+const argv = process.argv.slice(2);
+const quick = argv.includes('--quick') || process.env['BENCH_QUICK'] === '1';
+const profile = argv.includes('--profile') || process.env['BENCH_PROFILE'] === '1';
+const only = (argValue(argv, 'only') ?? process.env['BENCH_ONLY'] ?? '').split(',').filter(Boolean);
+const out = argValue(argv, 'out') ?? join(BENCH, quick ? 'results.quick.json' : 'results.json');
+
+type SectionName = 'overhead' | 'throughput' | 'recovery' | 'memory' | 'memory-ttl0' | 'parallel';
+
+interface Section {
+  readonly name: SectionName;
+  readonly file: string;
+  readonly args: Record<string, number>;
+  readonly nodeFlags?: readonly string[];
+  readonly profiled?: boolean;
+}
+
+const SECTIONS: readonly Section[] = [
+  { name: 'throughput', file: 'throughput.run.ts', args: quick ? { total: 5000, drives: 1000, concurrency: 16, rounds: 1 } : { total: 20_000, drives: 1000, concurrency: 16, rounds: 3 }, profiled: true },
+  { name: 'memory', file: 'memory.bench.ts', args: quick ? { commands: 5000, drives: 2500 } : { commands: 20_000, drives: 10_000 }, nodeFlags: ['--expose-gc'] },
+  { name: 'memory-ttl0', file: 'memory.bench.ts', args: quick ? { commands: 5000, drives: 2500, 'idle-ttl': 0 } : { commands: 20_000, drives: 10_000, 'idle-ttl': 0 }, nodeFlags: ['--expose-gc'] },
+  { name: 'recovery', file: 'recovery.bench.ts', args: quick ? { domains: 1000, 'real-vms': 3, rounds: 2 } : { domains: 1000, 'real-vms': 10, rounds: 5 } },
+  { name: 'overhead', file: 'overhead.bench.ts', args: quick ? { changes: 20, batch: 5, 'per-vm': 150 } : { changes: 200, batch: 10, 'per-vm': 150 }, profiled: true },
+  { name: 'parallel', file: 'parallel.bench.ts', args: quick ? { vms: 4, 'per-vm': 10, round: 5 } : { vms: 8, 'per-vm': 100, round: 10 } },
+];
+
+let current: ChildProcess | null = null;
+let interrupted = false;
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(sig, () => {
+    // The child cleans up on its own SIGINT (same process group on Ctrl-C); a SIGTERM
+    // sent to this process alone is passed on. Then no further section starts.
+    interrupted = true;
+    if (sig === 'SIGTERM') current?.kill('SIGTERM');
+    process.stderr.write(`bench: ${sig}; waiting for the running section to clean up\n`);
+  });
+}
+
+async function runChild(s: Section): Promise<{ result: unknown; profile?: { totalMs: number; idleMs: number; entries: ProfileEntry[] } }> {
+  const args: string[] = [];
+  for (const [k, v] of Object.entries(s.args)) {
+    const override = argValue(argv, `${s.name}-${k}`);
+    args.push(`--${k}`, override ?? String(v));
+  }
+  const profDir = join(BENCH, 'profiles', s.name);
+  const flags = [...(s.nodeFlags ?? [])];
+  if (profile && s.profiled === true) {
+    await rm(profDir, { recursive: true, force: true });
+    await mkdir(profDir, { recursive: true });
+    flags.push('--cpu-prof', `--cpu-prof-dir=${profDir}`);
+  }
+  const child = spawn(process.execPath, [...flags, '--import', 'tsx', join(BENCH, s.file), ...args], {
+    env: { ...process.env, UV_THREADPOOL_SIZE: process.env['UV_THREADPOOL_SIZE'] ?? '16' },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  current = child;
+  let stdout = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
+  const code = await new Promise<number | null>((done) => child.on('exit', (c) => done(c)));
+  current = null;
+  const line = stdout.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
+  if (code !== 0 || line === undefined) throw new Error(`section ${s.name} exited with ${code}`);
+  const result: unknown = JSON.parse(line.slice(RESULT_PREFIX.length));
+  return profile && s.profiled === true && existsSync(profDir) ? { result, profile: await topEntries(profDir) } : { result };
+}
+
+interface Row {
+  readonly item: string;
+  readonly metric: string;
+  readonly value: string;
+  readonly baseline: string;
+  readonly target: string;
+  readonly pass: boolean | null;
+}
+
+function rows(r: Partial<Record<SectionName, unknown>>): Row[] {
+  const out: Row[] = [];
+  const ms = (x: number): string => `${x.toFixed(1)} ms`;
+  const o = r.overhead as OverheadResult | undefined;
+  if (o) {
+    out.push({ item: '1 overhead', metric: `change A↔B on a real VM, p50 (n=${o.changes})`, value: ms(o.worker.p50), baseline: `${ms(o.direct.p50)} direct`, target: 'added ≤ 5 ms', pass: o.addedP50 <= 5 });
+    out.push({ item: '1 overhead', metric: 'added by the worker at p50', value: ms(o.addedP50), baseline: '', target: '≤ 5 ms', pass: o.addedP50 <= 5 });
+    out.push({ item: '1 overhead', metric: `change A↔B on a real VM, p99 (n=${o.changes})`, value: ms(o.worker.p99), baseline: `${ms(o.direct.p99)} direct`, target: 'added ≤ 15 ms', pass: o.addedP99 <= 15 });
+    out.push({ item: '1 overhead', metric: 'added by the worker at p99', value: ms(o.addedP99), baseline: '', target: '≤ 15 ms', pass: o.addedP99 <= 15 });
+    const steps = Object.entries(o.workerSteps).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ');
+    const dsteps = Object.entries(o.directSteps).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ');
+    out.push({ item: '1 overhead', metric: 'breakdown, median ms per change', value: `worker: ${steps}`, baseline: `direct: ${dsteps}`, target: '', pass: null });
+  }
+  const t = r.throughput as ThroughputResult | undefined;
+  if (t) {
+    out.push({ item: '2 throughput', metric: `${t.commands} commands, ${t.drives} drives, concurrency ${t.concurrency} (fakes)`, value: `${t.workerPerSec.toFixed(0)}/s`, baseline: `${t.barePerSec.toFixed(0)}/s bare loop`, target: '≥ 3,000/s', pass: t.workerPerSec >= 3000 });
+    out.push({ item: '2 throughput', metric: 'worker / bare amqplib loop', value: t.ratio.toFixed(2), baseline: '', target: '≥ 0.5', pass: t.ratio >= 0.5 });
+  }
+  const rec = r.recovery as RecoveryResult | undefined;
+  if (rec) {
+    out.push({ item: '3 recovery', metric: `reconcileAll, ${rec.fake.domains} fake domains (${rec.fake.pending} half-done)`, value: ms(rec.fake.p50Ms), baseline: `max ${ms(rec.fake.maxMs)}`, target: '< 1 s', pass: rec.fake.p50Ms < 1000 });
+    if (rec.real) out.push({ item: '3 recovery', metric: `reconcileAll, ${rec.real.domains} real VMs (${rec.real.pending} half-done)`, value: ms(rec.real.p50Ms), baseline: `max ${ms(rec.real.maxMs)}`, target: '< 300 ms', pass: rec.real.p50Ms < 300 });
+  }
+  const m = r.memory as MemoryResult | undefined;
+  if (m) {
+    out.push({ item: '4 memory', metric: `RSS after ${m.commands} commands over ${m.drives} drives (peak)`, value: `${m.afterRssMb.toFixed(0)} MB (${m.peakRssMb.toFixed(0)})`, baseline: `${m.startRssMb.toFixed(0)} MB at start`, target: '< 150 MB', pass: m.afterRssMb < 150 && m.peakRssMb < 150 });
+    out.push({ item: '4 memory', metric: `RSS growth once idle actors reaped (${m.liveDrivesBeforeReap} actors reaped)`, value: `+${m.growthAfterReapMb.toFixed(0)} MB`, baseline: `heap used ${m.heapUsedStartMb.toFixed(0)} → ${m.heapUsedReapedMb.toFixed(0)} MB, fakes hold ~${m.fakeStateMb.toFixed(0)} MB`, target: '≤ 20 MB', pass: m.growthAfterReapMb <= 20 });
+  }
+  const m0 = r['memory-ttl0'] as MemoryResult | undefined;
+  if (m0) {
+    out.push({ item: '4 memory', metric: 'same with idleTtlMs 0 (informative)', value: `${m0.afterRssMb.toFixed(0)} MB (peak ${m0.peakRssMb.toFixed(0)})`, baseline: `+${m0.growthAfterReapMb.toFixed(0)} MB after reap`, target: '', pass: null });
+  }
+  const p = r.parallel as ParallelResult | undefined;
+  if (p) {
+    out.push({ item: '5 parallel', metric: `${p.vms} real VMs × ${p.perVm} changes, interleaved`, value: `${p.parallel.perSec.toFixed(1)} changes/s, p99 ${ms(p.parallel.p99)}`, baseline: `1 VM: ${p.single.perSec.toFixed(1)}/s, p99 ${ms(p.single.p99)}`, target: 'report', pass: null });
+    out.push({ item: '5 parallel', metric: 'speedup over one VM', value: `${p.speedup.toFixed(2)}×`, baseline: `p50 ${ms(p.parallel.p50)} vs ${ms(p.single.p50)}`, target: 'report', pass: null });
+  }
+  return out;
+}
+
+function table(rs: Row[]): string {
+  const esc = (s: string): string => s.replace(/\|/g, '\\|');
+  const lines = ['| item | metric | value | baseline (same run) | target | pass |', '|---|---|---|---|---|---|'];
+  for (const r of rs) lines.push(`| ${r.item} | ${esc(r.metric)} | ${esc(r.value)} | ${esc(r.baseline)} | ${r.target} | ${r.pass === null ? '' : r.pass ? 'PASS' : 'FAIL'} |`);
+  return lines.join('\n');
+}
+
+const selected = SECTIONS.filter((s) => only.length === 0 || only.includes(s.name) || (s.name === 'memory-ttl0' && only.includes('memory')));
+const started = new Date();
+const sweeper = new Cleanup();
+const swept = await sweepLeftovers(sweeper).catch((err: unknown) => {
+  process.stderr.write(`bench: sweeping leftovers failed: ${String(err)}\n`);
+  return [] as string[];
+});
+await sweeper.runAll();
+if (swept.length > 0) process.stderr.write(`bench: removed leftovers of killed runs: ${swept.join(', ')}\n`);
+
+const results: Partial<Record<SectionName, unknown>> = {};
+const profiles: Record<string, unknown> = {};
+const failures: Record<string, string> = {};
+for (const s of selected) {
+  if (interrupted) break;
+  process.stderr.write(`\n=== ${s.name} ===\n`);
+  const t0 = Date.now();
+  try {
+    const r = await runChild(s);
+    results[s.name] = r.result;
+    if (r.profile) profiles[s.name] = r.profile;
+    process.stderr.write(`=== ${s.name}: ${((Date.now() - t0) / 1000).toFixed(0)} s\n`);
+  } catch (err) {
+    failures[s.name] = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`=== ${s.name} failed: ${failures[s.name]}\n`);
+  }
+}
+
+const rs = rows(results);
+const doc = {
+  startedAt: started.toISOString(),
+  finishedAt: new Date().toISOString(),
+  mode: quick ? 'quick' : 'full',
+  interrupted,
+  machine: { cpus: cpus().length, node: process.version, kvm: existsSync('/dev/kvm'), uvThreadpool: process.env['UV_THREADPOOL_SIZE'] ?? '16' },
+  options: Object.fromEntries(selected.map((s) => [s.name, s.args])),
+  table: rs,
+  results,
+  failures,
+  profiles,
+};
+await writeFile(out, `${JSON.stringify(doc, null, 2)}\n`);
+process.stdout.write(`\n${table(rs)}\n\n`);
+for (const [name, p] of Object.entries(profiles)) {
+  const prof = p as { totalMs: number; idleMs: number; entries: ProfileEntry[] };
+  process.stdout.write(`profile ${name}: ${prof.totalMs} ms sampled, ${prof.idleMs} ms idle; top self time:\n`);
+  for (const e of prof.entries.slice(0, 12)) process.stdout.write(`  ${e.selfMs.toFixed(1).padStart(8)} ms ${e.selfPct.toFixed(1).padStart(5)}%  ${e.fn}  ${e.where}\n`);
+}
+process.stdout.write(`results: ${out}\n`);
+if (Object.keys(failures).length > 0 || interrupted) process.exitCode = interrupted ? 130 : 1;
