@@ -44,6 +44,8 @@ interface Context extends DriveRef {
 }
 
 const asError = (err: unknown): ErrorInfo => toCdromError(err).toInfo();
+/** The error of an invoked effect's error event (named guards and actions see any event). */
+const errorOf = (event: unknown): unknown => (event as { error?: unknown }).error;
 const isRetryable = (err: unknown): boolean => toCdromError(err).retryable;
 const warn = (code: string, err: unknown, what: string): WarningInfo => ({ code, message: `${what}: ${toCdromError(err).message}` });
 const pdiv = (m: Media | null) => (isPdiv(m) ? m : null);
@@ -104,7 +106,17 @@ export function createCdromMachine(activities: Activities) {
     delays: {
       stepTimeout: ({ context }) => context.stepTimeoutMs,
     },
+    guards: {
+      /** infrastructure trouble, outcome unknown: retry instead of running the failure branch */
+      retryable: ({ event }) => isRetryable(errorOf(event)),
+    },
     actions: {
+      /** keep the step's error: the flow fails with the original error */
+      keepError: assign({ error: ({ event }) => asError(errorOf(event)) }),
+      /** a failure the design page says to log and go on from */
+      warn: assign(({ context, event }, params: { code: string; what: string }) => ({
+        warnings: [...context.warnings, warn(params.code, errorOf(event), params.what)],
+      })),
       settleResult: emit(({ context }) => ({
         type: 'settled' as const,
         settlement: { kind: 'result' as const, result: context.replayed ?? resultOf(context, context.error === null ? 'completed' : 'failed'), replayed: context.replayed !== null },
@@ -206,7 +218,7 @@ export function createCdromMachine(activities: Activities) {
             },
           ],
           onError: [
-            { guard: ({ event }) => isRetryable(event.error), target: 'retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
+            { guard: 'retryable', target: 'retrying', actions: 'keepError' },
             {
               target: 'settled',
               actions: assign(({ event, context }) => ({
@@ -225,7 +237,7 @@ export function createCdromMachine(activities: Activities) {
           input: ({ context }) => ({ vmId: context.vmId, drive: context.drive }),
           onDone: { target: 'inspecting', actions: assign({ recovered: true }) },
           onError: [
-            { guard: ({ event }) => isRetryable(event.error), target: 'retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
+            { guard: 'retryable', target: 'retrying', actions: 'keepError' },
             { target: 'inspecting', actions: assign({ recovered: true }) },
           ],
         },
@@ -259,8 +271,8 @@ export function createCdromMachine(activities: Activities) {
             { target: 'changing' },
           ],
           onError: [
-            { guard: ({ event }) => isRetryable(event.error), target: 'retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
-            { target: 'settled', actions: assign({ error: ({ event }) => asError(event.error) }) },
+            { guard: 'retryable', target: 'retrying', actions: 'keepError' },
+            { target: 'settled', actions: 'keepError' },
           ],
         },
       },
@@ -275,8 +287,8 @@ export function createCdromMachine(activities: Activities) {
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: beginEdits(context), failpoint: 'metadata-begin' as const }),
               onDone: 'prepare',
               onError: [
-                { guard: ({ event }) => isRetryable(event.error), target: '#cdrom.retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
-                { target: '#cdrom.recordingFailed', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
+                { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
           },
@@ -286,9 +298,9 @@ export function createCdromMachine(activities: Activities) {
               input: ({ context }) => ({ media: context.requested as Media }),
               onDone: { target: 'update', actions: assign({ prepared: ({ event }) => event.output }) },
               onError: [
-                { guard: ({ event }) => isRetryable(event.error), target: '#cdrom.retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: remove drive spec (log errors), fail the flow with original error
-                { target: 'removeSpec', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { target: 'removeSpec', actions: 'keepError' },
               ],
             },
             after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
@@ -299,9 +311,9 @@ export function createCdromMachine(activities: Activities) {
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, source: sourceOf(context.prepared as PreparedVolume) }),
               onDone: { target: '#cdrom.recordingDone', actions: assign({ current: ({ context }) => context.requested }) },
               onError: [
-                { guard: ({ event }) => isRetryable(event.error), target: '#cdrom.retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: tear down the volume (log error), remove the drive spec (log error), fail
-                { target: 'teardownNew', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { target: 'teardownNew', actions: 'keepError' },
               ],
             },
             after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
@@ -311,7 +323,7 @@ export function createCdromMachine(activities: Activities) {
               src: 'teardownVolume',
               input: ({ context }) => ({ media: context.requested as Media }),
               onDone: 'removeSpec',
-              onError: { target: 'removeSpec', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('TEARDOWN_FAILED', event.error, 'tearing down the new volume')] }) },
+              onError: { target: 'removeSpec', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
           },
           removeSpec: {
@@ -319,7 +331,7 @@ export function createCdromMachine(activities: Activities) {
               src: 'editMetadata',
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: [{ op: 'remove' as const, state: 'loading' as const }] }),
               onDone: '#cdrom.recordingFailed',
-              onError: { target: '#cdrom.recordingFailed', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('METADATA_FAILED', event.error, 'removing the loading drive spec')] }) },
+              onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the loading drive spec' } } },
             },
           },
         },
@@ -335,8 +347,8 @@ export function createCdromMachine(activities: Activities) {
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: beginEdits(context), failpoint: 'metadata-begin' as const }),
               onDone: 'update',
               onError: [
-                { guard: ({ event }) => isRetryable(event.error), target: '#cdrom.retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
-                { target: '#cdrom.recordingFailed', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
+                { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
           },
@@ -346,9 +358,9 @@ export function createCdromMachine(activities: Activities) {
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, source: null }),
               onDone: { target: 'teardown', actions: assign({ current: null }) },
               onError: [
-                { guard: ({ event }) => isRetryable(event.error), target: '#cdrom.retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: remove the state attribute (log error), fail with original error
-                { target: 'clearState', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { target: 'clearState', actions: 'keepError' },
               ],
             },
             after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
@@ -358,7 +370,7 @@ export function createCdromMachine(activities: Activities) {
               src: 'editMetadata',
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: [{ op: 'clear-state' as const, state: 'ejecting' as const }] }),
               onDone: '#cdrom.recordingFailed',
-              onError: { target: '#cdrom.recordingFailed', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('METADATA_FAILED', event.error, 'removing state="ejecting"')] }) },
+              onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="ejecting"' } } },
             },
           },
           teardown: {
@@ -375,7 +387,7 @@ export function createCdromMachine(activities: Activities) {
                 { target: '#cdrom.recordingDone' },
               ],
               onError: [
-                { guard: ({ event }) => isRetryable(event.error), target: '#cdrom.retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // anything else: the drive is empty, so the metadata stops naming the volume; fail
                 { target: 'forgetVolume', actions: assign({ error: ({ event }) => ({ ...asError(event.error), code: 'TEARDOWN_FAILED' as const }) }) },
               ],
@@ -387,7 +399,7 @@ export function createCdromMachine(activities: Activities) {
               src: 'editMetadata',
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: [{ op: 'remove' as const, state: 'ejecting' as const }] }),
               onDone: '#cdrom.recordingFailed',
-              onError: { target: '#cdrom.recordingFailed', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('METADATA_FAILED', event.error, 'removing the ejected drive spec')] }) },
+              onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the ejected drive spec' } } },
             },
           },
         },
@@ -403,8 +415,8 @@ export function createCdromMachine(activities: Activities) {
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: beginEdits(context), failpoint: 'metadata-begin' as const }),
               onDone: 'prepare',
               onError: [
-                { guard: ({ event }) => isRetryable(event.error), target: '#cdrom.retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
-                { target: '#cdrom.recordingFailed', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
+                { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
           },
@@ -414,9 +426,9 @@ export function createCdromMachine(activities: Activities) {
               input: ({ context }) => ({ media: context.requested as Media }),
               onDone: { target: 'update', actions: assign({ prepared: ({ event }) => event.output }) },
               onError: [
-                { guard: ({ event }) => isRetryable(event.error), target: '#cdrom.retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: remove state="ejecting", remove the new drive spec (log errors), fail
-                { target: 'undoSpecs', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { target: 'undoSpecs', actions: 'keepError' },
               ],
             },
             after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
@@ -427,9 +439,9 @@ export function createCdromMachine(activities: Activities) {
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, source: sourceOf(context.prepared as PreparedVolume) }),
               onDone: { target: 'finishLoading', actions: assign({ current: ({ context }) => context.requested }) },
               onError: [
-                { guard: ({ event }) => isRetryable(event.error), target: '#cdrom.retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: tear down the new volume, remove its spec, remove state="ejecting" (log errors), fail
-                { target: 'teardownNew', actions: assign({ error: ({ event }) => asError(event.error) }) },
+                { target: 'teardownNew', actions: 'keepError' },
               ],
             },
             after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
@@ -439,7 +451,7 @@ export function createCdromMachine(activities: Activities) {
               src: 'teardownVolume',
               input: ({ context }) => ({ media: context.requested as Media }),
               onDone: 'undoSpecs',
-              onError: { target: 'undoSpecs', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('TEARDOWN_FAILED', event.error, 'tearing down the new volume')] }) },
+              onError: { target: 'undoSpecs', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
           },
           undoSpecs: {
@@ -454,7 +466,7 @@ export function createCdromMachine(activities: Activities) {
                 ],
               }),
               onDone: '#cdrom.recordingFailed',
-              onError: { target: '#cdrom.recordingFailed', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('METADATA_FAILED', event.error, 'restoring the drive specs')] }) },
+              onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'restoring the drive specs' } } },
             },
           },
           finishLoading: {
@@ -463,7 +475,7 @@ export function createCdromMachine(activities: Activities) {
               input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: [{ op: 'clear-state' as const, state: 'loading' as const }] }),
               onDone: 'teardownOld',
               // if failed: log the error and continue
-              onError: { target: 'teardownOld', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('METADATA_FAILED', event.error, 'removing state="loading"')] }) },
+              onError: { target: 'teardownOld', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="loading"' } } },
             },
           },
           teardownOld: {
@@ -479,7 +491,7 @@ export function createCdromMachine(activities: Activities) {
                 { target: '#cdrom.recordingDone' },
               ],
               // if failed (e.g. timeout): log the error and continue
-              onError: { target: '#cdrom.recordingDone', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('TEARDOWN_FAILED', event.error, 'tearing down the old volume')] }) },
+              onError: { target: '#cdrom.recordingDone', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the old volume' } } },
             },
             after: {
               stepTimeout: { target: '#cdrom.recordingDone', actions: assign({ warnings: ({ context }) => [...context.warnings, { code: 'TIMEOUT', message: 'tearing down the old volume timed out' }] }) },
@@ -503,8 +515,8 @@ export function createCdromMachine(activities: Activities) {
           }),
           onDone: 'finishing',
           onError: [
-            { guard: ({ event }) => isRetryable(event.error), target: 'retrying', actions: assign({ error: ({ event }) => asError(event.error) }) },
-            { target: 'finishing', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('JOURNAL_FAILED', event.error, 'recording the command')] }) },
+            { guard: 'retryable', target: 'retrying', actions: 'keepError' },
+            { target: 'finishing', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
           ],
         },
       },
@@ -515,7 +527,7 @@ export function createCdromMachine(activities: Activities) {
           input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: finishEdits(context), failpoint: 'metadata-finish' as const }),
           onDone: 'settled',
           // if failed: log the error and succeed
-          onError: { target: 'settled', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('METADATA_FAILED', event.error, 'final metadata write')] }) },
+          onError: { target: 'settled', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'final metadata write' } } },
         },
       },
 
@@ -533,7 +545,7 @@ export function createCdromMachine(activities: Activities) {
             },
           }),
           onDone: 'settled',
-          onError: { target: 'settled', actions: assign({ warnings: ({ context, event }) => [...context.warnings, warn('JOURNAL_FAILED', event.error, 'recording the command')] }) },
+          onError: { target: 'settled', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
         },
       },
 
