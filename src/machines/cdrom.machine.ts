@@ -130,6 +130,10 @@ export function createCdromMachine(activities: Activities) {
         },
       })),
       reset: assign(() => ({ ...fresh, warnings: [] })),
+      /** a clean-up or commit step that hung: logged like its failure, and the flow goes on */
+      timedOut: assign(({ context }, params: { what: string }) => ({
+        warnings: [...context.warnings, { code: 'TIMEOUT', message: `${params.what} took longer than ${context.stepTimeoutMs} ms` }],
+      })),
       // The step's outcome is unknown: never guess, retry (recovery reconciles first).
       timeoutError: assign(({ context }) => ({
         error: { code: 'TIMEOUT' as const, message: `a step on ${context.drive} took longer than ${context.stepTimeoutMs} ms`, retryable: true },
@@ -167,7 +171,19 @@ export function createCdromMachine(activities: Activities) {
             actions: emit(({ event }) => ({ type: 'settled' as const, settlement: { kind: 'recovered' as const, report: null, error: asError(event.error) } })),
           },
         },
-        after: { stepTimeout: 'idle' },
+        after: {
+          stepTimeout: {
+            target: 'idle',
+            actions: emit(({ context }) => ({
+              type: 'settled' as const,
+              settlement: {
+                kind: 'recovered' as const,
+                report: null,
+                error: { code: 'TIMEOUT' as const, message: `recovering ${context.drive} took longer than ${context.stepTimeoutMs} ms`, retryable: true },
+              },
+            })),
+          },
+        },
       },
 
       inspecting: {
@@ -241,6 +257,7 @@ export function createCdromMachine(activities: Activities) {
             { target: 'inspecting', actions: assign({ recovered: true }) },
           ],
         },
+        after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
       },
 
       deciding: {
@@ -275,6 +292,7 @@ export function createCdromMachine(activities: Activities) {
             { target: 'settled', actions: 'keepError' },
           ],
         },
+        after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
       },
 
       // VM with empty tray, insert CD.
@@ -291,6 +309,7 @@ export function createCdromMachine(activities: Activities) {
                 { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
+            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           prepare: {
             invoke: {
@@ -325,6 +344,7 @@ export function createCdromMachine(activities: Activities) {
               onDone: 'removeSpec',
               onError: { target: 'removeSpec', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
+            after: { stepTimeout: { target: 'removeSpec', actions: { type: 'timedOut', params: { what: 'tearing down the new volume' } } } },
           },
           removeSpec: {
             invoke: {
@@ -333,6 +353,7 @@ export function createCdromMachine(activities: Activities) {
               onDone: '#cdrom.recordingFailed',
               onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the loading drive spec' } } },
             },
+            after: { stepTimeout: { target: '#cdrom.recordingFailed', actions: { type: 'timedOut', params: { what: 'removing the loading drive spec' } } } },
           },
         },
       },
@@ -351,6 +372,7 @@ export function createCdromMachine(activities: Activities) {
                 { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
+            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           update: {
             invoke: {
@@ -372,6 +394,7 @@ export function createCdromMachine(activities: Activities) {
               onDone: '#cdrom.recordingFailed',
               onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="ejecting"' } } },
             },
+            after: { stepTimeout: { target: '#cdrom.recordingFailed', actions: { type: 'timedOut', params: { what: 'removing state="ejecting"' } } } },
           },
           teardown: {
             invoke: {
@@ -401,6 +424,7 @@ export function createCdromMachine(activities: Activities) {
               onDone: '#cdrom.recordingFailed',
               onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the ejected drive spec' } } },
             },
+            after: { stepTimeout: { target: '#cdrom.recordingFailed', actions: { type: 'timedOut', params: { what: 'removing the ejected drive spec' } } } },
           },
         },
       },
@@ -419,6 +443,7 @@ export function createCdromMachine(activities: Activities) {
                 { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
+            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           prepare: {
             invoke: {
@@ -453,6 +478,7 @@ export function createCdromMachine(activities: Activities) {
               onDone: 'undoSpecs',
               onError: { target: 'undoSpecs', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
+            after: { stepTimeout: { target: 'undoSpecs', actions: { type: 'timedOut', params: { what: 'tearing down the new volume' } } } },
           },
           undoSpecs: {
             invoke: {
@@ -468,6 +494,7 @@ export function createCdromMachine(activities: Activities) {
               onDone: '#cdrom.recordingFailed',
               onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'restoring the drive specs' } } },
             },
+            after: { stepTimeout: { target: '#cdrom.recordingFailed', actions: { type: 'timedOut', params: { what: 'restoring the drive specs' } } } },
           },
           finishLoading: {
             invoke: {
@@ -477,6 +504,7 @@ export function createCdromMachine(activities: Activities) {
               // if failed: log the error and continue
               onError: { target: 'teardownOld', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="loading"' } } },
             },
+            after: { stepTimeout: { target: 'teardownOld', actions: { type: 'timedOut', params: { what: 'removing state="loading"' } } } },
           },
           teardownOld: {
             invoke: {
@@ -493,9 +521,7 @@ export function createCdromMachine(activities: Activities) {
               // if failed (e.g. timeout): log the error and continue
               onError: { target: '#cdrom.recordingDone', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the old volume' } } },
             },
-            after: {
-              stepTimeout: { target: '#cdrom.recordingDone', actions: assign({ warnings: ({ context }) => [...context.warnings, { code: 'TIMEOUT', message: 'tearing down the old volume timed out' }] }) },
-            },
+            after: { stepTimeout: { target: '#cdrom.recordingDone', actions: { type: 'timedOut', params: { what: 'tearing down the old volume' } } } },
           },
         },
       },
@@ -519,6 +545,7 @@ export function createCdromMachine(activities: Activities) {
             { target: 'finishing', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
           ],
         },
+        after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
       },
 
       finishing: {
@@ -529,6 +556,7 @@ export function createCdromMachine(activities: Activities) {
           // if failed: log the error and succeed
           onError: { target: 'settled', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'final metadata write' } } },
         },
+        after: { stepTimeout: { target: 'settled', actions: { type: 'timedOut', params: { what: 'the final metadata write' } } } },
       },
 
       recordingFailed: {
@@ -547,6 +575,7 @@ export function createCdromMachine(activities: Activities) {
           onDone: 'settled',
           onError: { target: 'settled', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
         },
+        after: { stepTimeout: { target: 'settled', actions: { type: 'timedOut', params: { what: 'recording the command' } } } },
       },
 
       failed: { always: 'recordingFailed' },

@@ -343,6 +343,22 @@ describe('decisions and errors around the flows', () => {
     expect(w.drive()).toEqual({ entries: [entry(ISO_A)], change: null });
   });
 
+  it('a commit step that hangs is logged like its failure and the command completes', async () => {
+    const w = makeWorld({ stepTimeoutMs: 50 });
+    const set = w.hv.setMetadata.bind(w.hv);
+    let writes = 0;
+    w.hv.setMetadata = (vmId, ns, xml) => (ns.uri === OVIRT_VM_NS.uri && ++writes === 2 ? new Promise(() => undefined) : set(vmId, ns, xml));
+    const r = resultOf(await w.run(ISO_A));
+    expect(r).toMatchObject({ outcome: 'completed', action: 'load', current: ISO_A });
+    expect(r.warnings.map((x) => x.code)).toEqual(['TIMEOUT']);
+  });
+
+  it('a recovery that hangs settles with TIMEOUT instead of blocking the drive', async () => {
+    const w = makeWorld({ stepTimeoutMs: 50 });
+    w.hv.readDrive = () => new Promise(() => undefined);
+    expect(await w.registry.recover(w.vmId, 'sdc')).toMatchObject({ kind: 'recovered', report: null, error: { code: 'TIMEOUT' } });
+  });
+
   it('a step that hangs times out: TIMEOUT, retryable', async () => {
     const w = makeWorld({ stepTimeoutMs: 50 });
     w.storage.prepareVolume = () => new Promise(() => undefined);
