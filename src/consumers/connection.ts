@@ -65,7 +65,10 @@ export class Bus {
   private generation = 0;
   private closed = false;
   private readonly hooks: SetupHook[] = [];
-  private waiters: Array<(s: BusSession) => void> = [];
+  private waiters: Array<{ resolve: (s: BusSession) => void; reject: (err: Error) => void }> = [];
+  /** Set when start() gave up: ready() rejects with it. */
+  private fatal: BusError | null = null;
+  private everConnected = false;
   private loop: Promise<void> | null = null;
   private urlIndex = 0;
   private wake: (() => void) | null = null;
@@ -93,9 +96,10 @@ export class Bus {
 
   /** The live session, waiting for the next connect when there is none. */
   ready(): Promise<BusSession> {
+    if (this.fatal) return Promise.reject(this.fatal);
     if (this.closed) return Promise.reject(new BusError('BUS_CLOSED', 'the bus is closed'));
     if (this.session?.alive) return Promise.resolve(this.session);
-    return new Promise((resolve) => this.waiters.push(resolve));
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
   /**
@@ -151,6 +155,10 @@ export class Bus {
   private async run(): Promise<void> {
     let delay = this.opts.reconnectInitialMs ?? 100;
     const maxDelay = this.opts.reconnectMaxMs ?? 5000;
+    // Before the first connect: failed attempts in a row, and the first of them that
+    // retrying cannot fix (see permanentProblem).
+    let failures = 0;
+    let permanent: BusError | null = null;
     while (!this.closed) {
       const url = this.opts.urls[this.urlIndex % this.opts.urls.length] ?? '';
       let session: BusSession | null = null;
@@ -164,11 +172,12 @@ export class Bus {
         if (!session.alive) throw new Error('connection lost during setup');
         const connectedAt = Date.now();
         this.session = session;
+        this.everConnected = true;
         this.opts.onConnected?.(true);
         this.log.info({ broker: redactUrl(url), generation: session.generation }, 'broker connected');
         const waiters = this.waiters;
         this.waiters = [];
-        for (const w of waiters) w(session);
+        for (const w of waiters) w.resolve(session);
         await this.untilLost(session);
         // A session that dies young (a nack storm, a node that accepts then drops us)
         // must not turn into a tight reconnect loop: back off as if the connect had failed.
@@ -184,13 +193,34 @@ export class Bus {
           await session.model.close().catch(() => undefined);
         }
         if (this.closed) return;
-        this.log.warn({ err: toError(err), broker: redactUrl(url), retryInMs: delay }, 'broker connect failed');
+        const problem = permanentProblem(err);
+        this.log[problem ? 'error' : 'warn']({ err: toError(err), broker: redactUrl(url), retryInMs: delay, ...(problem ? { hint: problem } : {}) }, 'broker connect failed');
         // The next node of the list first: a dead node should not hold us back.
         this.urlIndex++;
+        if (!this.everConnected) {
+          failures++;
+          if (problem) permanent ??= new BusError('BUS_CONNECT_FAILED', `cannot use the broker at ${redactUrl(url)}: ${oneLine(toError(err).message)} (${problem})`);
+          // A wrong CA, host name, password or a missing queue is a configuration error:
+          // once every node of the list has been tried, stop instead of retrying forever,
+          // so `run` fails at start with one line. Nodes that are merely down (refused,
+          // timeout) keep being retried, as after the first connect everything is.
+          if (permanent && failures >= this.opts.urls.length) {
+            this.giveUp(permanent);
+            return;
+          }
+        }
         await this.sleepUnlessClosed(delay);
         delay = Math.min(maxDelay, delay * 2);
       }
     }
+  }
+
+  private giveUp(err: BusError): void {
+    this.fatal = err;
+    this.closed = true;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(err);
   }
 
   private untilLost(session: BusSession): Promise<void> {
@@ -254,6 +284,44 @@ function withHeartbeat(url: string, seconds: number): string {
   const u = new URL(url);
   if (!u.searchParams.has('heartbeat')) u.searchParams.set('heartbeat', String(seconds));
   return u.toString();
+}
+
+/** Node's codes for a server certificate that does not verify. */
+const TLS_VERIFY_CODES = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+]);
+
+/**
+ * What to fix when `err` is one that retrying the same settings cannot cure (TLS
+ * verification, credentials, vhost access, a missing or unusable broker object); null
+ * for everything else (refused, timeout, reset, a node that is starting or electing).
+ */
+export function permanentProblem(err: unknown): string | null {
+  if (!(err instanceof Error)) return null;
+  const code = (err as { code?: unknown }).code;
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return "the URL's host name is not in the server certificate";
+  if (typeof code === 'string' && TLS_VERIFY_CODES.has(code)) return 'the server certificate does not verify against CDROM_AMQP_CA';
+  if (typeof code === 'string' && code.startsWith('ERR_SSL_')) return 'TLS handshake failed: check amqps:// vs amqp://, the port and the client certificate';
+  const m = err.message;
+  if (/ACCESS[-_]REFUSED - Login was refused/.test(m) || /\b403\b.*Login/.test(m)) return 'the broker refused the user name or password in CDROM_AMQP_URL';
+  if (/NOT[-_]ALLOWED/.test(m)) return "the user has no access to the URL's vhost, or it does not exist";
+  if (code === 403 || /ACCESS[-_]REFUSED/.test(m)) return 'the broker user lacks a permission; a least-privilege user needs CDROM_DECLARE_TOPOLOGY=0';
+  if (code === 404 || /NOT[-_]FOUND/.test(m)) return 'a broker object is missing; an administrator declares them with `cdrom-worker topology declare`';
+  if (code === 406 || /PRECONDITION[-_]FAILED/.test(m)) return 'a broker object exists with other settings than section 2 of the contract';
+  return null;
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s+/g, ' ').trim();
 }
 
 function toError(err: unknown): Error {
