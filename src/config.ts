@@ -64,6 +64,12 @@ export interface Config extends BusConfig {
   readonly drainTimeoutMs: number;
   /** background reconciliation period (recovery retries, orphan volumes); 0 turns it off */
   readonly reconcileIntervalMs: number;
+  /**
+   * Only domains whose name matches are recovered (all by default). For hosts shared by
+   * several workers — test machines — so that one worker never "recovers" a change
+   * another is in the middle of.
+   */
+  readonly domainFilter: RegExp | null;
 }
 
 function str(env: Env, name: string): string | undefined {
@@ -205,7 +211,18 @@ export function loadConfig(env: Env = process.env): Config {
     stepTimeoutMs: int(env, 'CDROM_STEP_TIMEOUT_MS', 60_000, 1, 3_600_000),
     drainTimeoutMs: int(env, 'CDROM_DRAIN_TIMEOUT_MS', 30_000, 0, 3_600_000),
     reconcileIntervalMs: int(env, 'CDROM_RECONCILE_INTERVAL_MS', 60_000, 0, 86_400_000),
+    domainFilter: regex(env, 'CDROM_DOMAIN_FILTER'),
   });
+}
+
+function regex(env: Env, name: string): RegExp | null {
+  const raw = str(env, name);
+  if (raw === undefined) return null;
+  try {
+    return new RegExp(raw);
+  } catch (err) {
+    throw new ConfigError(name, `is not a valid regular expression: ${(err as Error).message}`);
+  }
 }
 
 export function isConfigError(err: unknown): err is ConfigError {

@@ -64,6 +64,7 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
     drives: registry,
     log: logger,
     intervalMs: config.reconcileIntervalMs,
+    domainFilter: config.domainFilter,
     observe: ({ row }) => metrics.recoveryActions.inc({ row }),
   });
   return {

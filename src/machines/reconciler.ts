@@ -35,6 +35,8 @@ export interface ReconcilerOptions {
   /** background pass period; 0 disables it */
   readonly intervalMs?: number;
   readonly observe?: (event: { row: string; vmId: string; drive: string }) => void;
+  /** only domains whose name matches are recovered; orphan reaping still sees them all */
+  readonly domainFilter?: RegExp | null;
 }
 
 export class Reconciler {
@@ -84,7 +86,10 @@ export class Reconciler {
   private async pass(onlyVm: string | undefined): Promise<ReconcileReport> {
     const { hypervisor } = this.opts;
     const all = await hypervisor.listDomains();
-    const targets = all.filter((d) => d.active && (onlyVm === undefined || d.vmId.toLowerCase() === onlyVm.toLowerCase()));
+    const filter = this.opts.domainFilter ?? null;
+    const targets = all.filter(
+      (d) => d.active && (filter === null || filter.test(d.name)) && (onlyVm === undefined || d.vmId.toLowerCase() === onlyVm.toLowerCase()),
+    );
     const failed: { vmId: string; drive: string | null; message: string }[] = [];
     let drives = 0;
     let actions = 0;

@@ -63,6 +63,19 @@ describe('reconciler', () => {
     expect(w.source()?.path).toBe(blockPath(ISO_B));
   });
 
+  it('with a domain filter, recovers only the domains whose name matches', async () => {
+    const w = makeWorld();
+    const mine = randomUUID();
+    const theirs = randomUUID();
+    w.hv.addVm(mine, { name: 'cdw-e2e-1', drives: { sdc: null }, metadata: { [OVIRT_VM_NS.uri]: fixture('ejecting') } });
+    w.hv.addVm(theirs, { name: 'other-vm', drives: { sdc: null }, metadata: { [OVIRT_VM_NS.uri]: fixture('ejecting') } });
+    const rec = new Reconciler({ hypervisor: w.hv, storage: w.storage, drives: w.registry, log: silentLogger(), domainFilter: /^cdw-e2e-/ });
+    const r = await rec.reconcileAll();
+    expect(r.domains).toBe(1);
+    expect(await w.hv.getMetadata(mine, OVIRT_VM_NS)).not.toContain('state=');
+    expect(await w.hv.getMetadata(theirs, OVIRT_VM_NS)).toContain('state="ejecting"');
+  });
+
   it('reconciles 1,000 domains', async () => {
     const w = makeWorld();
     for (let i = 0; i < 1000; i++) w.hv.addVm(randomUUID(), { metadata: { [OVIRT_VM_NS.uri]: EMPTY_MD } });
