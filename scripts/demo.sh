@@ -121,7 +121,8 @@ step "worker for host $HOST_ID (log: $LOG_JSON)"
 (
   export CDROM_HOST_ID=$HOST_ID CDROM_AMQP_URL=$AMQP_URL CDROM_LVM_ACTIVATION=loop \
     CDROM_STORAGE_ROOT=$STORAGE_ROOT CDROM_HTTP_PORT=$HTTP_PORT CDROM_LOG_LEVEL=debug \
-    LVM_SYSTEM_DIR=$DEMO_DIR/lvm
+    LVM_SYSTEM_DIR=$DEMO_DIR/lvm CDROM_DOMAIN_FILTER='^cdw-demo$'
+  # The demo's worker recovers only the demo VM: other VMs on this host are not its business.
   printf '%s$ CDROM_HOST_ID=%s CDROM_LVM_ACTIVATION=loop CDROM_STORAGE_ROOT=%s CDROM_HTTP_PORT=%s CDROM_LOG_LEVEL=debug npx cdrom-worker run%s\n' \
     "$dim" "$HOST_ID" "$STORAGE_ROOT" "$HTTP_PORT" "$off"
   exec node bin/cdrom-worker.js run >>"$LOG_JSON" 2>&1
