@@ -4,6 +4,7 @@ import { registerEvents } from './events.command.js';
 import { registerRecover } from './recover.command.js';
 import { registerRun } from './run.command.js';
 import { registerSend } from './send.command.js';
+import { registerTopology } from './topology.command.js';
 import { registerStatus } from './status.command.js';
 import { CliError, errorMessage } from './common.js';
 
@@ -17,6 +18,7 @@ registerRun(program);
 registerSend(program);
 registerEvents(program);
 registerDlq(program);
+registerTopology(program);
 registerRecover(program);
 registerStatus(program);
 

@@ -21,11 +21,13 @@ const QUEUE_ARGS = Object.freeze({ 'x-queue-type': 'quorum' });
  */
 export async function ensureTopology(ch: Channel, hostId: string, declare: boolean): Promise<void> {
   if (!declare) {
-    await ch.checkExchange(COMMANDS_EXCHANGE);
-    await ch.checkExchange(EVENTS_EXCHANGE);
-    await ch.checkExchange(DEAD_EXCHANGE);
-    await ch.checkQueue(commandsQueue(hostId));
-    await ch.checkQueue(deadQueue(hostId));
+    // Passive declares: they need no configure permission (a least-privilege host user
+    // has none), and a missing object closes the channel with 404, named below.
+    await checked('exchange', COMMANDS_EXCHANGE, () => ch.checkExchange(COMMANDS_EXCHANGE));
+    await checked('exchange', EVENTS_EXCHANGE, () => ch.checkExchange(EVENTS_EXCHANGE));
+    await checked('exchange', DEAD_EXCHANGE, () => ch.checkExchange(DEAD_EXCHANGE));
+    await checked('queue', commandsQueue(hostId), () => ch.checkQueue(commandsQueue(hostId)));
+    await checked('queue', deadQueue(hostId), () => ch.checkQueue(deadQueue(hostId)));
     return;
   }
   await ch.assertExchange(COMMANDS_EXCHANGE, 'direct', { durable: true });
@@ -35,4 +37,22 @@ export async function ensureTopology(ch: Channel, hostId: string, declare: boole
   await ch.bindQueue(commandsQueue(hostId), COMMANDS_EXCHANGE, hostId);
   await ch.assertQueue(deadQueue(hostId), { durable: true, arguments: { ...QUEUE_ARGS } });
   await ch.bindQueue(deadQueue(hostId), DEAD_EXCHANGE, hostId);
+}
+
+/** A broker object that CDROM_DECLARE_TOPOLOGY=0 found missing; `code` stays the AMQP 404. */
+export class TopologyMissingError extends Error {
+  override readonly name = 'TopologyMissingError';
+  readonly code = 404;
+  constructor(kind: 'exchange' | 'queue', objectName: string) {
+    super(`NOT_FOUND: ${kind} ${objectName} does not exist (CDROM_DECLARE_TOPOLOGY=0 only checks it)`);
+  }
+}
+
+async function checked(kind: 'exchange' | 'queue', objectName: string, check: () => Promise<unknown>): Promise<void> {
+  try {
+    await check();
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 404) throw new TopologyMissingError(kind, objectName);
+    throw err;
+  }
 }
