@@ -25,6 +25,8 @@ export interface RegistryOptions {
    * pays for one actor); 0 stops it as soon as its queue runs dry.
    */
   readonly idleTtlMs?: number;
+  /** At most this many idle actors are kept; beyond it the longest idle goes first. */
+  readonly maxIdle?: number;
   /** called once per settled request, e.g. for metrics */
   readonly observe?: (event: { vmId: string; drive: string; settlement: Settlement; durationMs: number }) => void;
 }
@@ -53,6 +55,9 @@ export class DriveRegistry implements CommandExecutor {
   private readonly now: () => Date;
   private readonly log: Logger;
   private readonly idleTtlMs: number;
+  private readonly maxIdle: number;
+  /** idle slots, oldest first (Map order), for the count cap */
+  private readonly idle = new Map<string, Slot>();
   private sweeper: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: RegistryOptions) {
@@ -60,6 +65,7 @@ export class DriveRegistry implements CommandExecutor {
     this.now = opts.now ?? (() => new Date());
     this.log = opts.log.child({ component: 'registry' });
     this.idleTtlMs = opts.idleTtlMs ?? 5_000;
+    this.maxIdle = opts.maxIdle ?? 256;
   }
 
   async execute(command: ChangeCdCommand): Promise<Execution> {
@@ -104,16 +110,20 @@ export class DriveRegistry implements CommandExecutor {
   /** Stop the actors of drives idle for `ttlMs` or longer. */
   reap(ttlMs: number = this.idleTtlMs): void {
     const cutoff = Date.now() - ttlMs;
-    for (const [key, slot] of this.slots) {
-      if (!slot.running && slot.queue.length === 0 && slot.idleSince <= cutoff) {
-        slot.actor?.stop();
-        this.slots.delete(key);
-      }
+    for (const [key, slot] of this.idle) {
+      if (slot.idleSince > cutoff && this.idle.size <= this.maxIdle) break;
+      this.stopIdle(key, slot);
     }
     if (this.slots.size === 0 && this.sweeper !== null) {
       clearInterval(this.sweeper);
       this.sweeper = null;
     }
+  }
+
+  private stopIdle(key: string, slot: Slot): void {
+    slot.actor?.stop();
+    this.idle.delete(key);
+    this.slots.delete(key);
   }
 
   /** Drives with an actor alive now (in flight, queued, or idle and not yet reaped). */
@@ -134,6 +144,7 @@ export class DriveRegistry implements CommandExecutor {
       slot = { vmId, drive, queue: [], actor: null, running: false, idleSince: 0 };
       this.slots.set(key, slot);
     }
+    this.idle.delete(key);
     const s = slot;
     return new Promise<{ settlement: Settlement; startedAt: Date; finishedAt: Date }>((resolve) => {
       s.queue.push({ makeEvent, resolve });
@@ -160,12 +171,14 @@ export class DriveRegistry implements CommandExecutor {
       slot.running = false;
       slot.idleSince = Date.now();
       if (slot.queue.length > 0) void this.pump(key, slot);
-      else if (this.idleTtlMs === 0 || this.closed) {
-        slot.actor?.stop();
-        this.slots.delete(key);
-      } else if (this.sweeper === null) {
-        this.sweeper = setInterval(() => this.reap(), Math.max(50, this.idleTtlMs / 2));
-        this.sweeper.unref();
+      else if (this.idleTtlMs === 0 || this.closed) this.stopIdle(key, slot);
+      else {
+        this.idle.set(key, slot);
+        if (this.idle.size > this.maxIdle) this.reap();
+        if (this.sweeper === null) {
+          this.sweeper = setInterval(() => this.reap(), Math.max(50, this.idleTtlMs / 2));
+          this.sweeper.unref();
+        }
       }
     }
   }

@@ -68,6 +68,22 @@ describe('per-drive registry', () => {
     expect(resultOf(await w.run(null)).action).toBe('eject');
   });
 
+  it('keeps at most maxIdle idle actors, the longest idle going first', async () => {
+    const w = makeWorld();
+    const { DriveRegistry } = await import('../../src/machines/drive.registry.js');
+    const { createActivities } = await import('../../src/machines/cdrom.activities.js');
+    const { silentLogger } = await import('../../src/infra/logging.js');
+    const registry = new DriveRegistry({ activities: createActivities({ hypervisor: w.hv, storage: w.storage }), concurrency: 4, stepTimeoutMs: 5_000, log: silentLogger(), idleTtlMs: 60_000, maxIdle: 2 });
+    for (let i = 0; i < 5; i++) {
+      const vmId = randomUUID();
+      w.hv.addVm(vmId, { metadata: { [OVIRT_VM_NS.uri]: EMPTY_MD } });
+      resultOf(await registry.execute(w.command(ISO_A, { vmId })));
+    }
+    expect(registry.liveDrives).toBe(2);
+    await registry.drain(1_000);
+    expect(registry.liveDrives).toBe(0);
+  });
+
   it('drain waits for in-flight work and then refuses new commands with a retry', async () => {
     const w = makeWorld();
     const gate = gatePrepare(w);
