@@ -33,6 +33,11 @@ export interface InstrumentOptions {
   readonly log?: Logger;
   /** The storage adapter's listing; without it the active-volumes gauge is left alone. */
   readonly storage?: { listActiveVolumes(): Promise<readonly unknown[]> };
+  /**
+   * Least time between two listings (each costs an `lvs` or a scan of /sys): under a
+   * stream of commands the gauge lags by at most this much instead of listing nonstop.
+   */
+  readonly refreshIntervalMs?: number;
 }
 
 /** Entries kept per map before the oldest go (drives seen, volumes in flight). */
@@ -86,27 +91,36 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
     return { ...(ids ?? {}), volume: mk };
   };
 
-  // One listing in flight at most; requests while it runs fold into one more after it.
-  let refreshing: Promise<void> | null = null;
+  // One listing in flight at most, and at most one per interval; requests meanwhile fold
+  // into one more listing after it.
+  const interval = options.refreshIntervalMs ?? 2_000;
+  let refreshing = false;
   let again = false;
+  let lastAt = -Infinity;
   const refreshActive = (): void => {
     const storage = options.storage;
     if (storage === undefined) return;
-    if (refreshing !== null) {
+    if (refreshing) {
       again = true;
       return;
     }
-    refreshing = storage
-      .listActiveVolumes()
-      .then((vols) => metrics.activeVolumes.set(vols.length))
-      .catch((err: unknown) => log?.debug({ err }, 'listing active volumes failed; gauge unchanged'))
-      .finally(() => {
-        refreshing = null;
-        if (again) {
-          again = false;
-          refreshActive();
-        }
-      });
+    refreshing = true;
+    const wait = Math.max(0, lastAt + interval - performance.now());
+    const timer = setTimeout(() => {
+      lastAt = performance.now();
+      storage
+        .listActiveVolumes()
+        .then((vols) => metrics.activeVolumes.set(vols.length))
+        .catch((err: unknown) => log?.debug({ err }, 'listing active volumes failed; gauge unchanged'))
+        .finally(() => {
+          refreshing = false;
+          if (again) {
+            again = false;
+            refreshActive();
+          }
+        });
+    }, wait);
+    timer.unref();
   };
 
   async function timed<T>(step: Step, ids: Record<string, string | null>, run: () => Promise<T>): Promise<T> {

@@ -41,7 +41,7 @@ function setup() {
     },
   });
   const log = createLogger({ level: 'debug', destination: sink });
-  const activities = instrumentActivities(createActivities({ hypervisor: hv, storage }), metrics, { log, storage });
+  const activities = instrumentActivities(createActivities({ hypervisor: hv, storage }), metrics, { log, storage, refreshIntervalMs: 0 });
   const registry = new DriveRegistry({ activities, concurrency: 4, stepTimeoutMs: 5_000, log });
   const command = (media: Media | null): ChangeCdCommand => ({ type: 'changeCD', version: 1, commandId: randomUUID(), vmId, drive: 'sdc', media });
   return { hv, storage, metrics, lines, registry, command, vmId };
