@@ -109,9 +109,10 @@ export class LibvirtHypervisor implements HypervisorPort {
 
   async getMetadata(vmId: string, ns: MetadataNamespace): Promise<string | null> {
     const dom = await this.domain(vmId);
-    const [active] = await this.state(dom, vmId);
     const k = this.virt.constants;
-    const flags = active ? k.VIR_DOMAIN_AFFECT_LIVE : k.VIR_DOMAIN_AFFECT_CONFIG;
+    // AFFECT_CURRENT (0): the live definition of a running domain, else the persistent one;
+    // no state round trip needed (reads are on every command's path).
+    const flags = k.VIR_DOMAIN_AFFECT_CURRENT;
     let raw: string;
     try {
       raw = await this.call('metadata', `metadata ${ns.uri} of ${vmId}`, () => dom.getMetadata(k.VIR_DOMAIN_METADATA_ELEMENT, ns.uri, flags), vmId);
