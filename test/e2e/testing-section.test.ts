@@ -8,6 +8,7 @@ import {
   Engine,
   FOREIGN_MD_SEEN,
   acquireE2eLock,
+  compileWorker,
   changeCd,
   domblklist,
   driveMetadata,
@@ -31,6 +32,7 @@ import {
 describe.skipIf(!canUseLoopLvm())('design page, Testing section (real RabbitMQ, libvirt/QEMU, loop-backed LVM, worker process)', () => {
   const hostId = uniqueHostId('testing');
   let release: (() => Promise<void>) | null = null;
+  let compiled: { entry: string; remove: () => Promise<void> } | null = null;
   let storage: E2eStorage | null = null;
   let vms: TestVms | null = null;
   let vm: TestVm;
@@ -42,6 +44,7 @@ describe.skipIf(!canUseLoopLvm())('design page, Testing section (real RabbitMQ, 
 
   beforeAll(async () => {
     release = await acquireE2eLock();
+    compiled = await compileWorker();
     storage = await E2eStorage.create(2);
     isoA = storage.pdiv(0);
     isoB = storage.pdiv(1);
@@ -52,7 +55,7 @@ describe.skipIf(!canUseLoopLvm())('design page, Testing section (real RabbitMQ, 
     await setDrive(adapters, storage, vm.uuid, null);
     await adapters.hypervisor.close();
     engine = await Engine.open(hostId);
-    env = { hostId, storageRoot: storage.root };
+    env = { hostId, storageRoot: storage.root, entry: compiled.entry };
     worker = await startWorkerProcess(env);
   }, 180_000);
 
@@ -62,6 +65,7 @@ describe.skipIf(!canUseLoopLvm())('design page, Testing section (real RabbitMQ, 
     const errors: unknown[] = [];
     await vms?.cleanup().catch((err: unknown) => errors.push(err));
     await storage?.remove().catch((err: unknown) => errors.push(err));
+    await compiled?.remove();
     await release?.();
     if (exit !== undefined && exit.code !== 0) errors.push(new Error(`worker exited with ${JSON.stringify(exit)}:\n${worker?.logs().slice(-3000)}`));
     if (errors.length > 0) throw new AggregateError(errors, 'end-to-end cleanup failed');

@@ -1,11 +1,12 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { chmod, mkdtemp, open, readFile, readlink, rm, unlink } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, open, readdir, readFile, readlink, rm, unlink, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel } from 'amqplib';
+import ts from 'typescript';
 import type { ChangeCdCommand, ResultEvent } from '../../src/contracts/schemas.js';
 import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, deadQueue } from '../../src/consumers/topology.js';
 import type { Media, Pdiv } from '../../src/domain/media.js';
@@ -235,6 +236,8 @@ export interface WorkerEnv {
   readonly storageRoot: string;
   /** `<point>:<crash|error>[,…]` */
   readonly failpoint?: string;
+  /** the compiled CLI (`compileWorker`); default: the sources through tsx */
+  readonly entry?: string;
   readonly extraEnv?: Record<string, string>;
 }
 
@@ -296,9 +299,35 @@ export function workerEnv(w: WorkerEnv, port: number): NodeJS.ProcessEnv {
   return env;
 }
 
-/** The command line of the worker: the CLI from source, as `npx cdrom-worker` runs it. */
-export function cliArgs(...args: string[]): string[] {
-  return ['--import', 'tsx', join(REPO, 'src/cli/main.ts'), ...args];
+/** The command line of the worker: the CLI, compiled or from source, as `npx cdrom-worker` runs it. */
+export function cliArgs(entry: string | undefined, ...args: string[]): string[] {
+  return entry === undefined ? ['--import', 'tsx', join(REPO, 'src/cli/main.ts'), ...args] : [entry, ...args];
+}
+
+/**
+ * The current sources transpiled (no type check, `isolatedModules` makes that exact) into
+ * a private directory under the repository's git-ignored `.tmp/`: a worker then starts
+ * ~1 s sooner than through tsx, which adds up over the crash matrix's restarts, and no
+ * shared `dist/` is touched. Returns the CLI entry and a cleanup.
+ */
+export async function compileWorker(): Promise<{ entry: string; remove: () => Promise<void> }> {
+  const base = join(REPO, '.tmp');
+  await mkdir(base, { recursive: true });
+  const out = await mkdtemp(join(base, 'e2e-worker-'));
+  const src = join(REPO, 'src');
+  const options: ts.CompilerOptions = { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.ES2022, verbatimModuleSyntax: true, isolatedModules: true };
+  const walk = async (dir: string): Promise<string[]> => {
+    const entries = await readdir(dir, { withFileTypes: true });
+    const files = await Promise.all(entries.map((e) => (e.isDirectory() ? walk(join(dir, e.name)) : Promise.resolve(e.name.endsWith('.ts') && !e.name.endsWith('.d.ts') ? [join(dir, e.name)] : []))));
+    return files.flat();
+  };
+  for (const file of await walk(src)) {
+    const js = ts.transpileModule(await readFile(file, 'utf8'), { compilerOptions: options, fileName: file }).outputText;
+    const target = join(out, relative(src, file)).replace(/\.ts$/, '.js');
+    await mkdir(dirname(target), { recursive: true });
+    await writeFile(target, js);
+  }
+  return { entry: join(out, 'cli', 'main.js'), remove: () => rm(out, { recursive: true, force: true }) };
 }
 
 async function readyz(port: number): Promise<boolean> {
@@ -317,7 +346,7 @@ async function readyz(port: number): Promise<boolean> {
  */
 export async function startWorkerProcess(w: WorkerEnv, opts: { readyTimeoutMs?: number; waitReady?: boolean } = {}): Promise<WorkerProcess> {
   const port = await freePort();
-  const child = spawn(process.execPath, cliArgs('run'), { cwd: REPO, env: workerEnv(w, port), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, cliArgs(w.entry, 'run'), { cwd: REPO, env: workerEnv(w, port), stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: string[] = [];
   const keep = (d: Buffer): void => {
     for (const l of d.toString('utf8').split('\n')) if (l.trim() !== '') lines.push(l);
@@ -374,7 +403,7 @@ export async function startWorkerProcess(w: WorkerEnv, opts: { readyTimeoutMs?: 
 /** Runs a `cdrom-worker` tool to completion. */
 export async function runCli(w: WorkerEnv, args: string[], timeoutMs = 60_000): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((done, reject) => {
-    const child = execFile(process.execPath, cliArgs(...args), { cwd: REPO, env: workerEnv(w, 0), timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+    const child = execFile(process.execPath, cliArgs(w.entry, ...args), { cwd: REPO, env: workerEnv(w, 0), timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
       if (err === null) return done({ code: 0, stdout, stderr });
       if (typeof err.code !== 'number') return reject(new Error(`${args.join(' ')}: ${err.message}`));
       done({ code: err.code, stdout, stderr });
@@ -541,4 +570,50 @@ export async function setDrive(a: Adapters, s: E2eStorage, vmId: string, holding
     // QEMU closes the old medium right after the change; give it a moment.
     await waitUntil(async () => (await a.storage.teardownVolume(p)) === 'done', 10_000, `teardown of ${p.volumeID}`, 100);
   }
+}
+
+// ---- one look at a drive -------------------------------------------------------------
+
+export interface DriveSnapshot {
+  /** `virsh domblklist`'s source for the drive */
+  readonly source: string | null;
+  readonly entries: DriveMetadata['entries'];
+  readonly change: DriveMetadata['change'];
+  /** the metadata content that is not the worker's is still there */
+  readonly foreignKept: boolean;
+  /** volume ids active on the host (a loop device over the LV) */
+  readonly active: string[];
+  readonly problems: string[];
+  /** one line for logs and reports, volumes named by their ISO labels */
+  readonly summary: string;
+}
+
+export async function observeDrive(vmName: string, s: E2eStorage, drive = 'sdc'): Promise<DriveSnapshot> {
+  const [blk, md, act] = await Promise.all([domblklist(vmName), driveMetadata(vmName, drive), s.activeVolumes()]);
+  const source = blk.get(drive) ?? null;
+  const label = (volumeID: string | undefined): string => s.domain.volumes.find((v) => v.volumeID === volumeID)?.label ?? `?${volumeID ?? ''}`;
+  const held = source === null ? 'empty' : (s.domain.volumes.find((v) => source.endsWith(`/${v.volumeID}`))?.label ?? source);
+  const entries = md.drive.entries.map((e) => (e.pdiv === null ? '(empty)' : label(e.pdiv.volumeID)) + (e.state === null ? '' : `:${e.state}`));
+  const summary = `drive=${held} metadata=[${entries.join(', ')}]${md.drive.change ? ` change=${md.drive.change.state}` : ''} active=[${act.active.map(label).join(', ')}]${act.problems.length > 0 ? ` problems=${act.problems.join('; ')}` : ''}`;
+  return {
+    source,
+    entries: md.drive.entries,
+    change: md.drive.change,
+    foreignKept: FOREIGN_MD_SEEN.test(md.xml ?? ''),
+    active: act.active,
+    problems: act.problems,
+    summary,
+  };
+}
+
+/** What a settled drive holding `p` looks like, for `toMatchObject`/`toEqual` on a snapshot. */
+export function settledAs(s: E2eStorage, p: Pdiv | null): Omit<DriveSnapshot, 'summary'> {
+  return {
+    source: p === null ? null : s.linkPath(p),
+    entries: [{ state: null, pdiv: p }],
+    change: null,
+    foreignKept: true,
+    active: p === null ? [] : [p.volumeID],
+    problems: [],
+  };
 }
