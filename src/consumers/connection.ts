@@ -313,7 +313,8 @@ export function permanentProblem(err: unknown): string | null {
   if (typeof code === 'string' && code.startsWith('ERR_SSL_')) return 'TLS handshake failed: check amqps:// vs amqp://, the port and the client certificate';
   const m = err.message;
   if (/ACCESS[-_]REFUSED - Login was refused/.test(m) || /\b403\b.*Login/.test(m)) return 'the broker refused the user name or password in CDROM_AMQP_URL';
-  if (/NOT[-_]ALLOWED/.test(m)) return "the user has no access to the URL's vhost, or it does not exist";
+  // amqplib reports a refused vhost only as an unexpected close in reply to connection.open.
+  if (/NOT[-_]ALLOWED/.test(m) || /Expected ConnectionOpenOk; got <ConnectionClose/.test(m)) return "the user has no access to the URL's vhost, or it does not exist";
   if (code === 403 || /ACCESS[-_]REFUSED/.test(m)) return 'the broker user lacks a permission; a least-privilege user needs CDROM_DECLARE_TOPOLOGY=0';
   if (code === 404 || /NOT[-_]FOUND/.test(m)) return 'a broker object is missing; an administrator declares them with `cdrom-worker topology declare`';
   if (code === 406 || /PRECONDITION[-_]FAILED/.test(m)) return 'a broker object exists with other settings than section 2 of the contract';

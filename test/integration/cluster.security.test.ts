@@ -157,6 +157,13 @@ describe('per-host broker users', () => {
     );
   });
 
+  it('a wrong password or a vhost the user may not use fails at start, naming the fix', async () => {
+    const start = (url: string): Promise<unknown> =>
+      startWorker({ config: loadConfig({ CDROM_HOST_ID: hostA, CDROM_AMQP_URL: url, CDROM_DECLARE_TOPOLOGY: '0', CDROM_HTTP_PORT: '0' }), logger: silentLogger(), createParts: () => Promise.resolve({ executor: new FakeExecutor() }) });
+    await expect(start(`amqp://cdrom-${hostA}:wrong@127.0.0.1:5672/${vhost}`)).rejects.toThrow(/\(the broker refused the user name or password in CDROM_AMQP_URL\)$/);
+    await expect(start(`amqp://cdrom-${hostA}:${password}@127.0.0.1:5672/`)).rejects.toThrow(/\(the user has no access to the URL's vhost, or it does not exist\)$/);
+  });
+
   it('CDROM_DECLARE_TOPOLOGY=0 on a host whose objects nobody declared fails at start, naming the object', async () => {
     const config = loadConfig({ CDROM_HOST_ID: uniqueHost(), CDROM_AMQP_URL: adminUrl, CDROM_DECLARE_TOPOLOGY: '0', CDROM_HTTP_PORT: '0' });
     await expect(startWorker({ config, logger: silentLogger(), createParts: () => Promise.resolve({ executor: new FakeExecutor() }) })).rejects.toThrow(
