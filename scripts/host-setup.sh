@@ -29,7 +29,13 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   fi
   log "starting rabbitmq"
   rabbitmq-server -detached || true
-  rabbitmqctl wait "/var/lib/rabbitmq/mnesia/rabbit@$(hostname).pid" --timeout 60 >/dev/null
+  # await_startup fails at once until the node has registered (its name may be
+  # rabbit@localhost or rabbit@<hostname>, per rabbitmq-env.conf): ask until it answers.
+  for _ in $(seq 1 60); do
+    rabbitmqctl -q await_startup --timeout 60 >/dev/null 2>&1 && break
+    sleep 1
+  done
+  rabbitmqctl -q await_startup --timeout 5 >/dev/null
 fi
 
 bash "$(dirname "$0")/libvirt-start.sh"
