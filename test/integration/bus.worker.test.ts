@@ -174,7 +174,8 @@ describe('command consumer', () => {
   });
 
   it('survives the broker closing its connection mid-flight: all commands complete, none lost', async () => {
-    await start({ delayMs: 150 });
+    // 200 × 150 ms at concurrency 4 keeps commands in flight for ~7 s: rabbitmqctl (≈1 s, more under load) closes the connection mid-flight.
+    await start({ delayMs: 150 }, { CDROM_CONCURRENCY: '4' });
     // Looked up first: rabbitmqctl takes about a second per call.
     const pids = await connectionsNamed(`cdrom-worker ${hostId}`);
     expect(pids).toHaveLength(1);
