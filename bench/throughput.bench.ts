@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { loadConfig } from '../src/config.js';
-import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, deadQueue } from '../src/consumers/topology.js';
+import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, removeHostQueues } from '../src/consumers/topology.js';
 import { OVIRT_VM_NS } from '../src/domain/ports.js';
 import { silentLogger } from '../src/infra/logging.js';
 import { createActivities } from '../src/machines/cdrom.activities.js';
@@ -54,14 +54,7 @@ async function eventCounter(model: ChannelModel, hostId: string, total: number):
   return { done, close: () => ch.close().catch(() => undefined) };
 }
 
-async function deleteQueues(model: ChannelModel, hostId: string): Promise<void> {
-  for (const q of [commandsQueue(hostId), deadQueue(hostId)]) {
-    const ch = await model.createChannel();
-    ch.on('error', () => undefined);
-    await ch.deleteQueue(q).catch(() => undefined);
-    await ch.close().catch(() => undefined);
-  }
-}
+const deleteQueues = removeHostQueues;
 
 function commands(total: number, drives: number): { bodies: Buffer[]; vmIds: string[] } {
   const vmIds = Array.from({ length: drives }, () => randomUUID());

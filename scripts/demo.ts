@@ -13,7 +13,7 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { connect } from 'amqplib';
 import { XMLParser } from 'fast-xml-parser';
-import { commandsQueue, deadQueue } from '../src/consumers/topology.js';
+import { removeHostQueues } from '../src/consumers/topology.js';
 import { UUID_RE } from '../src/domain/media.js';
 
 const run = promisify(execFile);
@@ -100,12 +100,7 @@ async function metrics(port: number): Promise<void> {
 async function deleteQueues(host: string, url: string): Promise<void> {
   const model = await connect(url, { noDelay: true });
   try {
-    for (const q of [commandsQueue(host), deadQueue(host)]) {
-      const ch = await model.createChannel();
-      ch.on('error', () => undefined);
-      await ch.deleteQueue(q).catch(() => undefined);
-      await ch.close().catch(() => undefined);
-    }
+    await removeHostQueues(model, host);
   } finally {
     await model.close().catch(() => undefined);
   }

@@ -1,10 +1,10 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
+import { connect, type ConfirmChannel } from 'amqplib';
 import { pino } from 'pino';
 import { loadConfig } from '../../src/config.js';
 import type { ResultEvent } from '../../src/contracts/schemas.js';
-import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, deadQueue } from '../../src/consumers/topology.js';
+import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, removeHostQueues } from '../../src/consumers/topology.js';
 import type { Media } from '../../src/domain/media.js';
 import type { StoragePort } from '../../src/domain/ports.js';
 import { instrumentActivities } from '../../src/infra/instrumented-activities.js';
@@ -159,11 +159,4 @@ async function publishAndWait(
   }
 }
 
-export async function deleteQueues(model: ChannelModel, hostId: string): Promise<void> {
-  for (const q of [commandsQueue(hostId), deadQueue(hostId)]) {
-    const ch = await model.createChannel();
-    ch.on('error', () => undefined);
-    await ch.deleteQueue(q).catch(() => undefined);
-    await ch.close().catch(() => undefined);
-  }
-}
+export const deleteQueues = removeHostQueues;

@@ -1,4 +1,4 @@
-import type { Channel } from 'amqplib';
+import type { Channel, ChannelModel } from 'amqplib';
 
 /** CONTRACT.md section 2: the broker objects, by name. */
 export const COMMANDS_EXCHANGE = 'cdrom.commands';
@@ -54,5 +54,18 @@ async function checked(kind: 'exchange' | 'queue', objectName: string, check: ()
   } catch (err) {
     if ((err as { code?: unknown }).code === 404) throw new TopologyMissingError(kind, objectName);
     throw err;
+  }
+}
+
+/**
+ * Delete a host's two queues (a decommissioned host, a test's own host id). Missing
+ * queues are fine; each delete gets its own channel, since a failed one closes it.
+ */
+export async function removeHostQueues(model: ChannelModel, hostId: string): Promise<void> {
+  for (const q of [commandsQueue(hostId), deadQueue(hostId)]) {
+    const ch = await model.createChannel();
+    ch.on('error', () => undefined);
+    await ch.deleteQueue(q).catch(() => undefined);
+    await ch.close().catch(() => undefined);
   }
 }

@@ -3,7 +3,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel, type GetMessage, type Options } from 'amqplib';
 import type { ResultEvent } from '../../src/contracts/schemas.js';
-import { COMMANDS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, deadQueue } from '../../src/consumers/topology.js';
+import { COMMANDS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, removeHostQueues } from '../../src/consumers/topology.js';
 
 /** Helpers for the integration tests against the real broker on 127.0.0.1:5672. */
 
@@ -27,12 +27,7 @@ export async function openTestConnection(): Promise<{ model: ChannelModel; ch: C
 export async function deleteHostQueues(hostId: string): Promise<void> {
   const model = await connect(AMQP_URL, { noDelay: true });
   try {
-    for (const q of [commandsQueue(hostId), deadQueue(hostId)]) {
-      const ch = await model.createChannel();
-      ch.on('error', () => undefined);
-      await ch.deleteQueue(q).catch(() => undefined);
-      await ch.close().catch(() => undefined);
-    }
+    await removeHostQueues(model, hostId);
   } finally {
     await model.close().catch(() => undefined);
   }

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import ts from 'typescript';
 import type { ChangeCdCommand, ResultEvent } from '../../src/contracts/schemas.js';
-import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, deadQueue } from '../../src/consumers/topology.js';
+import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, removeHostQueues } from '../../src/consumers/topology.js';
 import type { Media, Pdiv } from '../../src/domain/media.js';
 import { VmMetadata, type DriveMetadata } from '../../src/domain/metadata/ovirt-vm.metadata.js';
 import { OVIRT_VM_NS, type HypervisorPort, type StoragePort } from '../../src/domain/ports.js';
@@ -502,12 +502,7 @@ export class Engine {
     const model = await connect(AMQP_URL, { noDelay: true });
     model.on('error', () => undefined);
     try {
-      for (const q of [commandsQueue(this.hostId), deadQueue(this.hostId)]) {
-        const ch = await model.createChannel();
-        ch.on('error', () => undefined);
-        await ch.deleteQueue(q).catch(() => undefined);
-        await ch.close().catch(() => undefined);
-      }
+      await removeHostQueues(model, this.hostId);
     } finally {
       await model.close().catch(() => undefined);
     }
