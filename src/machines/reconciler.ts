@@ -2,7 +2,7 @@ import { toCdromError } from '../domain/errors.js';
 import type { Pdiv } from '../domain/media.js';
 import { VmMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
 import { OVIRT_VM_NS, type HypervisorPort, type StoragePort } from '../domain/ports.js';
-import { sourceHolds } from '../domain/recovery.js';
+import { RECOVERY_ROWS, sourceHolds } from '../domain/recovery.js';
 import type { Logger } from '../infra/logging.js';
 import type { Settlement } from './cdrom.machine.js';
 
@@ -122,7 +122,7 @@ export class Reconciler {
             actions += s.report.steps;
             this.opts.observe?.({ row: s.report.row, vmId, drive });
             this.log.info({ vmId, drive, row: s.report.row, steps: s.report.steps, warnings: s.report.warnings }, 'recovered drive');
-          } else if (s.report !== null && s.report.row.startsWith('metadata matches no')) {
+          } else if (s.report !== null && s.report.row === RECOVERY_ROWS.unmatched) {
             this.log.warn({ vmId, drive, row: s.report.row }, 'drive metadata left alone');
           }
         }
