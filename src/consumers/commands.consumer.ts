@@ -163,7 +163,11 @@ export class CommandConsumer {
       const exec = await this.execute(cmd);
       if (exec.kind === 'result') {
         await this.events.publish(resultEvent(this.deps.hostId, cmd, exec.result, exec.startedAt, exec.finishedAt), reply);
-        log.info({ outcome: exec.result.outcome, action: exec.result.action, replayed: exec.replayed, durationMs: exec.finishedAt.getTime() - exec.startedAt.getTime() }, 'command finished');
+        const r = exec.result;
+        log.info(
+          { outcome: r.outcome, action: r.action, replayed: exec.replayed, durationMs: exec.finishedAt.getTime() - exec.startedAt.getTime(), warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined },
+          'command finished',
+        );
         this.deps.metrics?.commands.inc({ outcome: exec.result.outcome, action: exec.result.action });
         this.failpoints.after('before-ack');
         return 'ack';

@@ -82,7 +82,8 @@ export class DriveRegistry implements CommandExecutor {
     switch (settlement.kind) {
       case 'result': {
         const r = settlement.result;
-        log.info({ outcome: r.outcome, action: r.action, replayed: settlement.replayed, durationMs, warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined }, `changeCD ${r.outcome}`);
+        // The consumer logs the command's end at info (once, with its broker context).
+        log.debug({ outcome: r.outcome, action: r.action, replayed: settlement.replayed, durationMs, warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined }, `changeCD ${r.outcome}`);
         return { kind: 'result', result: r, startedAt, finishedAt, replayed: settlement.replayed };
       }
       case 'retry':
