@@ -195,7 +195,7 @@ class DocumentCache<T> {
 
   constructor(
     private readonly parse: (xml: string | null) => T,
-    private readonly max = 512,
+    private readonly max = 1024,
   ) {}
 
   get(vmId: string, xml: string | null): T {

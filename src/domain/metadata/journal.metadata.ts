@@ -15,7 +15,7 @@ import { buildXml, element, text } from './xml-tree.js';
  */
 
 /** Done records kept per drive; the contract asks for at least 8. */
-export const JOURNAL_DEPTH = 16;
+export const JOURNAL_DEPTH = 10;
 
 export interface PendingRecord {
   readonly status: 'pending';
