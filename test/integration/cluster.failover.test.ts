@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
-import { connect, type Channel, type ChannelModel } from 'amqplib';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Channel } from 'amqplib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import type { ChangeCdCommand, ResultEvent } from '../../src/contracts/schemas.js';
 import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, commandsQueue } from '../../src/consumers/topology.js';
@@ -10,7 +10,7 @@ import { createLogger } from '../../src/infra/logging.js';
 import type { CommandExecutor } from '../../src/machines/executor.js';
 import { startWorker, type WorkerHandle } from '../../src/main.js';
 import { command, uniqueHost, waitFor } from '../support/amqp.js';
-import { killNode, quorumLeader, startCluster, type TestCluster } from '../support/cluster.js';
+import { killNode, quorumLeader, startCluster, useCleanups, type TestCluster } from '../support/cluster.js';
 import { FakeExecutor } from '../support/fake-executor.js';
 
 /**
@@ -54,7 +54,7 @@ class LogTally extends Writable {
 }
 
 let cluster: TestCluster | null = null;
-const cleanups: Array<() => Promise<unknown>> = [];
+const { cleanups, open } = useCleanups();
 
 beforeAll(async () => {
   cluster = await startCluster({ prefix: 'cdwfo', size: 3 });
@@ -66,16 +66,6 @@ afterAll(async () => {
   await cluster?.stop();
 }, 60_000);
 
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
-});
-
-async function open(url: string): Promise<ChannelModel> {
-  const model = await connect(url, { noDelay: true });
-  model.on('error', () => undefined);
-  cleanups.push(() => model.close());
-  return model;
-}
 
 describe('worker on a RabbitMQ cluster', () => {
   it('kill -9 of the command queue leader with 200 commands in flight: all answered once, no restart', async () => {

@@ -3,13 +3,14 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type Channel, type ChannelModel } from 'amqplib';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
 import { COMMANDS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, deadQueue, ensureTopology } from '../../src/consumers/topology.js';
 import { silentLogger } from '../../src/infra/logging.js';
 import { startWorker } from '../../src/main.js';
 import { EventTap, command, uniqueHost, waitFor } from '../support/amqp.js';
 import { FakeExecutor } from '../support/fake-executor.js';
+import { useCleanups } from '../support/cluster.js';
 
 /**
  * Per-host users (scripts/rabbitmq-host-user) on a vhost of its own on the default node:
@@ -28,7 +29,7 @@ const hostC = uniqueHost();
 const password = randomBytes(12).toString('hex');
 const adminUrl = `amqp://guest:guest@127.0.0.1:5672/${vhost}`;
 const urlOf = (host: string): string => `amqp://cdrom-${host}:${password}@127.0.0.1:5672/${vhost}`;
-const cleanups: Array<() => Promise<unknown>> = [];
+const { cleanups, open } = useCleanups();
 
 const ctl = (args: readonly string[]): Promise<unknown> => run('rabbitmqctl', ['-q', ...args], { timeout: 60_000 });
 
@@ -57,16 +58,6 @@ afterAll(async () => {
   await Promise.allSettled([ctl(['delete_vhost', vhost]), ctl(['delete_user', `cdrom-${hostA}`]), ctl(['delete_user', `cdrom-${hostB}`]), ctl(['delete_user', `cdrom-${hostC}`])]);
 }, 60_000);
 
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
-});
-
-async function open(url: string): Promise<ChannelModel> {
-  const model = await connect(url, { noDelay: true });
-  model.on('error', () => undefined);
-  cleanups.push(() => model.close());
-  return model;
-}
 
 async function channel(model: ChannelModel): Promise<Channel> {
   const ch = await model.createChannel();

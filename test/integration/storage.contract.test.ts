@@ -2,13 +2,12 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, realpath, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { isCdromError } from '../../src/domain/errors.js';
 import type { Pdiv } from '../../src/domain/media.js';
 import type { StoragePort } from '../../src/domain/ports.js';
 import { silentLogger } from '../../src/infra/logging.js';
 import { createStorage } from '../../src/infra/storage/index.js';
 import { FakeStorage } from '../fakes/storage.fake.js';
-import { canUseLoopLvm, holdOpen, useTestStorage } from '../support/storage.js';
+import { canUseLoopLvm, codeOf, holdOpen, useTestStorage } from '../support/storage.js';
 
 /**
  * The same StoragePort cases on the fake and on the real adapter (loop mode), so the
@@ -21,16 +20,6 @@ interface World {
   hold(prepared: string): Promise<() => Promise<void>>;
   legacyInside: string;
   legacyOutside: string;
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    if (isCdromError(err)) return err.code;
-    throw err;
-  }
-  return 'no error';
 }
 
 function storageContract(name: string, makeWorld: () => Promise<World>, options: { skip?: boolean } = {}): void {

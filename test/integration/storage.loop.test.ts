@@ -2,24 +2,13 @@ import { randomUUID } from 'node:crypto';
 import { lstat, mkdir, readFile, readlink, realpath, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { isCdromError } from '../../src/domain/errors.js';
 import type { Pdiv } from '../../src/domain/media.js';
 import type { StoragePort } from '../../src/domain/ports.js';
 import { silentLogger } from '../../src/infra/logging.js';
 import { createStorage } from '../../src/infra/storage/index.js';
-import { canUseLoopLvm, holdOpen, isoLabel, loopsOver, useTestStorage, type BlockTestDomain, type FileTestDomain } from '../support/storage.js';
+import { type BlockTestDomain, canUseLoopLvm, codeOf, type FileTestDomain, holdOpen, isoLabel, loopsOver, useTestStorage } from '../support/storage.js';
 
 const POOL = randomUUID();
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    if (isCdromError(err)) return err.code;
-    throw err;
-  }
-  return 'no error';
-}
 
 describe.skipIf(!canUseLoopLvm())('loop-activated LVM storage (real LVM metadata, loop devices)', () => {
   const storage = useTestStorage();

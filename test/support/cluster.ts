@@ -4,6 +4,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { connect, type ChannelModel } from 'amqplib';
+import { afterEach } from 'vitest';
 
 /**
  * Extra RabbitMQ nodes for the cluster tests, through scripts/rabbitmq-cluster.sh (the
@@ -108,4 +110,25 @@ export async function killNode(node: ClusterNode): Promise<void> {
   const pid = Number((await readFile(node.pidFile, 'utf8')).trim());
   if (!Number.isInteger(pid) || pid <= 1) throw new Error(`bad pid file ${node.pidFile}`);
   process.kill(pid, 'SIGKILL');
+}
+
+/**
+ * Things to undo after each test, newest first, and a broker connection opener that
+ * registers its own close there. Failures while undoing are ignored: the test already
+ * reported what went wrong.
+ */
+export function useCleanups(): { cleanups: Array<() => Promise<unknown>>; open: (url: string) => Promise<ChannelModel> } {
+  const cleanups: Array<() => Promise<unknown>> = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
+  });
+  return {
+    cleanups,
+    open: async (url: string): Promise<ChannelModel> => {
+      const model = await connect(url, { noDelay: true });
+      model.on('error', () => undefined);
+      cleanups.push(() => model.close());
+      return model;
+    },
+  };
 }

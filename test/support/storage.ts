@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll } from 'vitest';
+import { isCdromError } from '../../src/domain/errors.js';
 
 const run = promisify(execFile);
 const SCRIPT = resolve(import.meta.dirname, '../../scripts/test-storage.sh');
@@ -123,4 +124,15 @@ export function holdOpen(device: string): { pid: number; release: () => Promise<
       await exited;
     },
   };
+}
+
+/** The CdromError code a storage call fails with, or 'no error'; anything else rethrows. */
+export async function codeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (err) {
+    if (isCdromError(err)) return err.code;
+    throw err;
+  }
+  return 'no error';
 }
