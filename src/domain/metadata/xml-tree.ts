@@ -1,4 +1,4 @@
-import { XMLBuilder, XMLParser } from 'fast-xml-parser';
+import { XMLParser } from 'fast-xml-parser';
 
 /**
  * A thin, order-preserving XML tree over fast-xml-parser's `preserveOrder` form, so that
@@ -33,15 +33,6 @@ const parser = new XMLParser({
   htmlEntities: false,
   ignoreDeclaration: true,
   ignorePiTags: true,
-});
-
-const builder = new XMLBuilder({
-  preserveOrder: true,
-  ignoreAttributes: false,
-  attributeNamePrefix: ATTR,
-  format: false,
-  suppressEmptyNode: true,
-  processEntities: false,
 });
 
 const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' };
@@ -161,8 +152,40 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
+/**
+ * Serialises a tree back to XML, as compact as it was parsed (whitespace is in the text
+ * nodes). Text and attribute values are kept escaped as parsed or built; an attribute
+ * value only has its quotes escaped. Elements with no content (or only empty text) are written `<tag/>`. Hand-written:
+ * fast-xml-parser's builder was the top cost of a metadata write in a profile.
+ */
 export function buildXml(root: XmlElement): string {
-  return builder.build([root]);
+  const out: string[] = [];
+  writeElement(root, out);
+  return out.join('');
+}
+
+function writeElement(node: XmlElement, out: string[]): void {
+  const tag = tagOf(node);
+  if (tag === null) return;
+  out.push('<', tag);
+  const attrs = node[':@'];
+  if (attrs !== undefined) {
+    for (const key in attrs) {
+      const value = attrs[key] as string;
+      out.push(' ', key.startsWith(ATTR) ? key.slice(ATTR.length) : key, '="', value.includes('"') || value.includes("'") ? value.replace(/"/g, '&quot;').replace(/'/g, '&apos;') : value, '"');
+    }
+  }
+  const children = node[tag];
+  if (!Array.isArray(children) || children.every((c) => isText(c) && c['#text'] === '')) {
+    out.push('/>');
+    return;
+  }
+  out.push('>');
+  for (const child of children) {
+    if (isText(child)) out.push(child['#text']);
+    else writeElement(child, out);
+  }
+  out.push('</', tag, '>');
 }
 
 /**
