@@ -1,4 +1,4 @@
-import { assign, emit, fromPromise, setup } from 'xstate';
+import { assign, emit, setup } from 'xstate';
 import type { ChangeCdCommand } from '../contracts/schemas.js';
 import { toCdromError, type ErrorInfo, type WarningInfo } from '../domain/errors.js';
 import { isPdiv, sameMedia, type Media } from '../domain/media.js';
@@ -6,13 +6,15 @@ import type { DoneRecord, PendingRecord } from '../domain/metadata/journal.metad
 import { actionFor, type Attempt, type ChangeAction, type ChangeResult } from '../domain/outcome.js';
 import type { DriveSource, PreparedVolume, TeardownResult } from '../domain/ports.js';
 import type { Activities, DriveRef, Inspection, MetadataEdit, RecoveryReport } from './cdrom.activities.js';
+import { Deadlines, fromStep } from './step-actor.js';
 
 /**
  * One CD-ROM (vmId, drive). Idle until told to EXECUTE a changeCD or to RECOVER; then it
  * walks the design page's flow for the action step by step — write the intent to the
  * metadata, act, commit — and every "if failed" branch exactly as written. It emits one
- * `settled` event per request and goes back to idle. No I/O, no clock: effects are the
- * injected activities, time is `after` with the `stepTimeout` delay.
+ * `settled` event per request and goes back to idle. No I/O: effects are the injected
+ * activities, each invoked as a step with a deadline — a step that hangs fails with a
+ * retryable TIMEOUT and takes the state's `onError` branches like any other failure.
  */
 
 export type Settlement =
@@ -23,12 +25,14 @@ export type Settlement =
 export type CdromEvent = { type: 'EXECUTE'; command: ChangeCdCommand; startedAt: string } | { type: 'RECOVER' };
 export type CdromEmitted = { type: 'settled'; settlement: Settlement };
 
-export interface CdromInput extends DriveRef {
+export type CdromInput = DriveRef;
+
+export interface CdromOptions {
+  /** how long one step (one activity call) may take before it fails with TIMEOUT */
   readonly stepTimeoutMs: number;
 }
 
 interface Context extends DriveRef {
-  readonly stepTimeoutMs: number;
   command: ChangeCdCommand | null;
   startedAt: string;
   inspection: Inspection | null;
@@ -47,7 +51,11 @@ const asError = (err: unknown): ErrorInfo => toCdromError(err).toInfo();
 /** The error of an invoked effect's error event (named guards and actions see any event). */
 const errorOf = (event: unknown): unknown => (event as { error?: unknown }).error;
 const isRetryable = (err: unknown): boolean => toCdromError(err).retryable;
-const warn = (code: string, err: unknown, what: string): WarningInfo => ({ code, message: `${what}: ${toCdromError(err).message}` });
+/** A hang is reported as TIMEOUT whatever the step, any other failure under the step's own code. */
+const warn = (code: string, err: unknown, what: string): WarningInfo => {
+  const e = toCdromError(err);
+  return { code: e.code === 'TIMEOUT' ? 'TIMEOUT' : code, message: `${what}: ${e.message}` };
+};
 const pdiv = (m: Media | null) => (isPdiv(m) ? m : null);
 const sourceOf = (p: PreparedVolume): DriveSource => ({ type: p.diskType, path: p.path });
 
@@ -84,9 +92,10 @@ const fresh = {
   warnings: [],
   error: null,
   replayed: null,
-} satisfies Omit<Context, keyof DriveRef | 'stepTimeoutMs'>;
+} satisfies Omit<Context, keyof DriveRef>;
 
-export function createCdromMachine(activities: Activities) {
+export function createCdromMachine(activities: Activities, options: CdromOptions = { stepTimeoutMs: 60_000 }) {
+  const deadlines = new Deadlines(options.stepTimeoutMs);
   return setup({
     types: {
       context: {} as Context,
@@ -95,16 +104,13 @@ export function createCdromMachine(activities: Activities) {
       emitted: {} as CdromEmitted,
     },
     actors: {
-      inspect: fromPromise<Inspection, DriveRef & { commandId: string | null }>(({ input }) => activities.inspect(input)),
-      recover: fromPromise<RecoveryReport, DriveRef>(({ input }) => activities.recover(input)),
-      editMetadata: fromPromise<void, Parameters<Activities['editMetadata']>[0]>(({ input }) => activities.editMetadata(input)),
-      writeJournal: fromPromise<void, Parameters<Activities['writeJournal']>[0]>(({ input }) => activities.writeJournal(input)),
-      prepareVolume: fromPromise<PreparedVolume, { media: Media }>(({ input }) => activities.prepareVolume(input)),
-      updateDevice: fromPromise<void, DriveRef & { source: DriveSource | null }>(({ input }) => activities.updateDevice(input)),
-      teardownVolume: fromPromise<TeardownResult, Parameters<Activities['teardownVolume']>[0]>(({ input }) => activities.teardownVolume(input)),
-    },
-    delays: {
-      stepTimeout: ({ context }) => context.stepTimeoutMs,
+      inspect: fromStep<Inspection, DriveRef & { commandId: string | null }>('reading the drive and its metadata', deadlines, (input) => activities.inspect(input)),
+      recover: fromStep<RecoveryReport, DriveRef>('recovering the drive', deadlines, (input) => activities.recover(input)),
+      editMetadata: fromStep<void, Parameters<Activities['editMetadata']>[0]>('a metadata write', deadlines, (input) => activities.editMetadata(input)),
+      writeJournal: fromStep<void, Parameters<Activities['writeJournal']>[0]>('a journal write', deadlines, (input) => activities.writeJournal(input)),
+      prepareVolume: fromStep<PreparedVolume, { media: Media }>('preparing the volume', deadlines, (input) => activities.prepareVolume(input)),
+      updateDevice: fromStep<void, DriveRef & { source: DriveSource | null }>('changing the media (updateDeviceFlags)', deadlines, (input) => activities.updateDevice(input)),
+      teardownVolume: fromStep<TeardownResult, Parameters<Activities['teardownVolume']>[0]>('tearing down a volume', deadlines, (input) => activities.teardownVolume(input)),
     },
     guards: {
       /** infrastructure trouble, outcome unknown: retry instead of running the failure branch */
@@ -130,18 +136,10 @@ export function createCdromMachine(activities: Activities) {
         },
       })),
       reset: assign(() => ({ ...fresh, warnings: [] })),
-      /** a clean-up or commit step that hung: logged like its failure, and the flow goes on */
-      timedOut: assign(({ context }, params: { what: string }) => ({
-        warnings: [...context.warnings, { code: 'TIMEOUT', message: `${params.what} took longer than ${context.stepTimeoutMs} ms` }],
-      })),
-      // The step's outcome is unknown: never guess, retry (recovery reconciles first).
-      timeoutError: assign(({ context }) => ({
-        error: { code: 'TIMEOUT' as const, message: `a step on ${context.drive} took longer than ${context.stepTimeoutMs} ms`, retryable: true },
-      })),
     },
   }).createMachine({
     id: 'cdrom',
-    context: ({ input }) => ({ vmId: input.vmId, drive: input.drive, stepTimeoutMs: input.stepTimeoutMs, ...fresh, warnings: [] }),
+    context: ({ input }) => ({ vmId: input.vmId, drive: input.drive, ...fresh, warnings: [] }),
     initial: 'idle',
     states: {
       idle: {
@@ -169,19 +167,6 @@ export function createCdromMachine(activities: Activities) {
           onError: {
             target: 'idle',
             actions: emit(({ event }) => ({ type: 'settled' as const, settlement: { kind: 'recovered' as const, report: null, error: asError(event.error) } })),
-          },
-        },
-        after: {
-          stepTimeout: {
-            target: 'idle',
-            actions: emit(({ context }) => ({
-              type: 'settled' as const,
-              settlement: {
-                kind: 'recovered' as const,
-                report: null,
-                error: { code: 'TIMEOUT' as const, message: `recovering ${context.drive} took longer than ${context.stepTimeoutMs} ms`, retryable: true },
-              },
-            })),
           },
         },
       },
@@ -244,7 +229,6 @@ export function createCdromMachine(activities: Activities) {
             },
           ],
         },
-        after: { stepTimeout: { target: 'retrying', actions: 'timeoutError' } },
       },
 
       recoveringFirst: {
@@ -257,7 +241,6 @@ export function createCdromMachine(activities: Activities) {
             { target: 'inspecting', actions: assign({ recovered: true }) },
           ],
         },
-        after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
       },
 
       deciding: {
@@ -292,7 +275,6 @@ export function createCdromMachine(activities: Activities) {
             { target: 'settled', actions: 'keepError' },
           ],
         },
-        after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
       },
 
       // VM with empty tray, insert CD.
@@ -309,7 +291,6 @@ export function createCdromMachine(activities: Activities) {
                 { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
-            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           prepare: {
             invoke: {
@@ -322,7 +303,6 @@ export function createCdromMachine(activities: Activities) {
                 { target: 'removeSpec', actions: 'keepError' },
               ],
             },
-            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           update: {
             invoke: {
@@ -335,7 +315,6 @@ export function createCdromMachine(activities: Activities) {
                 { target: 'teardownNew', actions: 'keepError' },
               ],
             },
-            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           teardownNew: {
             invoke: {
@@ -344,7 +323,6 @@ export function createCdromMachine(activities: Activities) {
               onDone: 'removeSpec',
               onError: { target: 'removeSpec', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
-            after: { stepTimeout: { target: 'removeSpec', actions: { type: 'timedOut', params: { what: 'tearing down the new volume' } } } },
           },
           removeSpec: {
             invoke: {
@@ -353,7 +331,6 @@ export function createCdromMachine(activities: Activities) {
               onDone: '#cdrom.recordingFailed',
               onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the loading drive spec' } } },
             },
-            after: { stepTimeout: { target: '#cdrom.recordingFailed', actions: { type: 'timedOut', params: { what: 'removing the loading drive spec' } } } },
           },
         },
       },
@@ -372,7 +349,6 @@ export function createCdromMachine(activities: Activities) {
                 { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
-            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           update: {
             invoke: {
@@ -385,7 +361,6 @@ export function createCdromMachine(activities: Activities) {
                 { target: 'clearState', actions: 'keepError' },
               ],
             },
-            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           clearState: {
             invoke: {
@@ -394,7 +369,6 @@ export function createCdromMachine(activities: Activities) {
               onDone: '#cdrom.recordingFailed',
               onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="ejecting"' } } },
             },
-            after: { stepTimeout: { target: '#cdrom.recordingFailed', actions: { type: 'timedOut', params: { what: 'removing state="ejecting"' } } } },
           },
           teardown: {
             invoke: {
@@ -415,7 +389,6 @@ export function createCdromMachine(activities: Activities) {
                 { target: 'forgetVolume', actions: assign({ error: ({ event }) => ({ ...asError(event.error), code: 'TEARDOWN_FAILED' as const }) }) },
               ],
             },
-            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           forgetVolume: {
             invoke: {
@@ -424,7 +397,6 @@ export function createCdromMachine(activities: Activities) {
               onDone: '#cdrom.recordingFailed',
               onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the ejected drive spec' } } },
             },
-            after: { stepTimeout: { target: '#cdrom.recordingFailed', actions: { type: 'timedOut', params: { what: 'removing the ejected drive spec' } } } },
           },
         },
       },
@@ -443,7 +415,6 @@ export function createCdromMachine(activities: Activities) {
                 { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
-            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           prepare: {
             invoke: {
@@ -456,7 +427,6 @@ export function createCdromMachine(activities: Activities) {
                 { target: 'undoSpecs', actions: 'keepError' },
               ],
             },
-            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           update: {
             invoke: {
@@ -469,7 +439,6 @@ export function createCdromMachine(activities: Activities) {
                 { target: 'teardownNew', actions: 'keepError' },
               ],
             },
-            after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
           },
           teardownNew: {
             invoke: {
@@ -478,7 +447,6 @@ export function createCdromMachine(activities: Activities) {
               onDone: 'undoSpecs',
               onError: { target: 'undoSpecs', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
-            after: { stepTimeout: { target: 'undoSpecs', actions: { type: 'timedOut', params: { what: 'tearing down the new volume' } } } },
           },
           undoSpecs: {
             invoke: {
@@ -494,7 +462,6 @@ export function createCdromMachine(activities: Activities) {
               onDone: '#cdrom.recordingFailed',
               onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'restoring the drive specs' } } },
             },
-            after: { stepTimeout: { target: '#cdrom.recordingFailed', actions: { type: 'timedOut', params: { what: 'restoring the drive specs' } } } },
           },
           finishLoading: {
             invoke: {
@@ -504,7 +471,6 @@ export function createCdromMachine(activities: Activities) {
               // if failed: log the error and continue
               onError: { target: 'teardownOld', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="loading"' } } },
             },
-            after: { stepTimeout: { target: 'teardownOld', actions: { type: 'timedOut', params: { what: 'removing state="loading"' } } } },
           },
           teardownOld: {
             invoke: {
@@ -521,7 +487,6 @@ export function createCdromMachine(activities: Activities) {
               // if failed (e.g. timeout): log the error and continue
               onError: { target: '#cdrom.recordingDone', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the old volume' } } },
             },
-            after: { stepTimeout: { target: '#cdrom.recordingDone', actions: { type: 'timedOut', params: { what: 'tearing down the old volume' } } } },
           },
         },
       },
@@ -545,7 +510,6 @@ export function createCdromMachine(activities: Activities) {
             { target: 'finishing', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
           ],
         },
-        after: { stepTimeout: { target: '#cdrom.retrying', actions: 'timeoutError' } },
       },
 
       finishing: {
@@ -556,7 +520,6 @@ export function createCdromMachine(activities: Activities) {
           // if failed: log the error and succeed
           onError: { target: 'settled', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'final metadata write' } } },
         },
-        after: { stepTimeout: { target: 'settled', actions: { type: 'timedOut', params: { what: 'the final metadata write' } } } },
       },
 
       recordingFailed: {
@@ -575,7 +538,6 @@ export function createCdromMachine(activities: Activities) {
           onDone: 'settled',
           onError: { target: 'settled', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
         },
-        after: { stepTimeout: { target: 'settled', actions: { type: 'timedOut', params: { what: 'recording the command' } } } },
       },
 
       failed: { always: 'recordingFailed' },

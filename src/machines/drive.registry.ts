@@ -61,7 +61,7 @@ export class DriveRegistry implements CommandExecutor {
   private sweeper: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: RegistryOptions) {
-    this.machine = createCdromMachine(opts.activities);
+    this.machine = createCdromMachine(opts.activities, { stepTimeoutMs: opts.stepTimeoutMs });
     this.now = opts.now ?? (() => new Date());
     this.log = opts.log.child({ component: 'registry' });
     this.idleTtlMs = opts.idleTtlMs ?? 5_000;
@@ -186,7 +186,7 @@ export class DriveRegistry implements CommandExecutor {
 
   private run(slot: Slot, event: CdromEvent): Promise<Settlement> {
     if (slot.actor === null) {
-      slot.actor = createActor(this.machine, { input: { vmId: slot.vmId, drive: slot.drive, stepTimeoutMs: this.opts.stepTimeoutMs } });
+      slot.actor = createActor(this.machine, { input: { vmId: slot.vmId, drive: slot.drive } });
       slot.actor.start();
     }
     const actor = slot.actor;
