@@ -1,7 +1,7 @@
 import type { Media } from '../media.js';
 import type { ChangeAction, ChangeResult } from '../outcome.js';
 import { JOURNAL_NS } from '../ports.js';
-import { buildXml, element, text } from './xml-tree.js';
+import { escapeXml } from './xml-tree.js';
 
 /**
  * The command journal: which commands this drive has seen, kept in the domain's own
@@ -39,16 +39,18 @@ export type JournalRecord = PendingRecord | DoneRecord;
 
 const RECORD_RE = /<(?:[\w.-]+:)?command\b[^>]*>([A-Za-z0-9_=-]*)<\/(?:[\w.-]+:)?command>/g;
 
-/** A record's encoded payload, as read or first written: records are immutable. */
-const payloads = new WeakMap<JournalRecord, string>();
+/** A record's element, as read or first written: records are immutable. */
+const fragments = new WeakMap<JournalRecord, string>();
 
-function payloadOf(r: JournalRecord): string {
-  let p = payloads.get(r);
-  if (p === undefined) {
-    p = Buffer.from(JSON.stringify(r), 'utf8').toString('base64url');
-    payloads.set(r, p);
+function fragmentOf(r: JournalRecord, payload?: string): string {
+  let f = fragments.get(r);
+  if (f === undefined) {
+    const p = JOURNAL_NS.prefix;
+    const body = payload ?? Buffer.from(JSON.stringify(r), 'utf8').toString('base64url');
+    f = `<${p}:command id="${escapeXml(r.commandId)}" drive="${escapeXml(r.drive)}" status="${r.status}">${body}</${p}:command>`;
+    fragments.set(r, f);
   }
-  return p;
+  return f;
 }
 
 export class Journal {
@@ -68,7 +70,7 @@ export class Journal {
         const payload = m[1] ?? '';
         const rec = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as JournalRecord;
         if (typeof rec.commandId === 'string' && typeof rec.drive === 'string') {
-          payloads.set(rec, payload);
+          fragmentOf(rec, payload);
           records.push(rec);
         }
       } catch {
@@ -80,15 +82,12 @@ export class Journal {
     return journal;
   }
 
+  /** Written as a string: base64url payloads and UUID/drive attributes need no tree. */
   toXml(): string {
     if (this.xml !== undefined) return this.xml;
     const p = JOURNAL_NS.prefix;
-    const kids = this.records.map((r) =>
-      element(`${p}:command`, { id: r.commandId, drive: r.drive, status: r.status }, [
-        text(payloadOf(r)),
-      ]),
-    );
-    const xml = buildXml(element(`${p}:${JOURNAL_NS.key}`, { [`xmlns:${p}`]: JOURNAL_NS.uri }, kids));
+    const open = `<${p}:${JOURNAL_NS.key} xmlns:${p}="${JOURNAL_NS.uri}"`;
+    const xml = this.records.length === 0 ? `${open}/>` : `${open}>${this.records.map((r) => fragmentOf(r)).join('')}</${p}:${JOURNAL_NS.key}>`;
     this.xml = xml;
     return xml;
   }
