@@ -3,6 +3,7 @@ import type { DomainEvent, DomainRef, DriveSource, HypervisorPort, MetadataNames
 import type { Logger } from '../logging.js';
 import { silentLogger } from '../logging.js';
 import { aliasOf, buildCdromDiskXml, cdromDisks, findCdromDisk, sourceOf, trayOpen, type CdromDisk } from './cdrom-disk.xml.js';
+import { DomainCache, invalidate, sameState, type CachedDomain, type DomainState } from './domain.cache.js';
 import { classifyLibvirtError, isConnectionError, libvirtCode, type LibvirtOperation } from './libvirt.errors.js';
 import { fromLibvirtMetadata, toLibvirtMetadata } from './metadata-ns.xml.js';
 import { loadVirt, type NativeConnection, type NativeDomain, type NativeEvent, type VirtBinding } from './virt.native.js';
@@ -23,7 +24,15 @@ export interface LibvirtHypervisorOptions {
 interface Live {
   readonly conn: NativeConnection;
   readonly generation: number;
-  readonly domains: Map<string, NativeDomain>;
+  readonly domains: DomainCache;
+  /** Domain events are registered on this connection, so a cached domain state can be kept. */
+  readonly events: boolean;
+}
+
+/** A domain state to write with, and whether it came from the cache (it may be stale). */
+interface StateRead {
+  readonly state: DomainState;
+  readonly cached: boolean;
 }
 
 const MAX_CACHED_DOMAINS = 512;
@@ -31,13 +40,16 @@ const MAX_CACHED_DOMAINS = 512;
 /**
  * HypervisorPort on libvirt through the project's own addon. One connection, reopened
  * when it drops (close callback or a connection error on a call); domain events are
- * re-registered on every new connection while anyone listens. Errors are classified
- * here, once, into CdromError.
+ * registered on every new connection, for the listeners and for the domain cache (a
+ * lifecycle event forgets the domain's cached state). Errors are classified here, once,
+ * into CdromError.
  */
 export class LibvirtHypervisor implements HypervisorPort {
   private readonly virt: VirtBinding;
   private readonly log: Logger;
   private live: Promise<Live> | null = null;
+  /** The connection `live` resolved to, for what must happen synchronously with an event. */
+  private opened: Live | null = null;
   private generation = 0;
   private closed = false;
   private readonly listeners = new Set<(e: DomainEvent) => void>();
@@ -67,6 +79,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     this.reconnectTimer = null;
     const live = this.live;
     this.live = null;
+    this.opened = null;
     this.listeners.clear();
     if (live === null) return;
     try {
@@ -77,38 +90,36 @@ export class LibvirtHypervisor implements HypervisorPort {
   }
 
   async readDrive(vmId: string, drive: string): Promise<DriveSource | null> {
-    const dom = await this.domain(vmId);
+    const { dom } = await this.domain(vmId);
     const disk = await this.disk(dom, vmId, drive);
     return this.trueSource(dom, drive, disk);
   }
 
   async listCdroms(vmId: string): Promise<string[]> {
-    const dom = await this.domain(vmId);
+    const { dom } = await this.domain(vmId);
     const xml = await this.call('read', `XMLDesc of ${vmId}`, () => dom.xmlDesc(0), vmId);
     return cdromDisks(xml).map((d) => d.drive);
   }
 
+  /**
+   * Every CD-ROM of the domain with what it holds now (as readDrive reads it), from one
+   * read of the domain XML instead of one for the list and one per drive.
+   */
+  async readDrives(vmId: string): Promise<Map<string, DriveSource | null>> {
+    const { dom } = await this.domain(vmId);
+    const xml = await this.call('read', `XMLDesc of ${vmId}`, () => dom.xmlDesc(0), vmId);
+    const drives = new Map<string, DriveSource | null>();
+    for (const disk of cdromDisks(xml)) drives.set(disk.drive, await this.trueSource(dom, disk.drive, disk));
+    return drives;
+  }
+
   async updateDevice(vmId: string, drive: string, source: DriveSource | null): Promise<void> {
-    const dom = await this.domain(vmId);
-    const [active, persistent] = await this.state(dom, vmId);
-    const disk = await this.disk(dom, vmId, drive);
-    const before = sourceOf(disk.element);
-    const k = this.virt.constants;
-    let flags = active ? k.VIR_DOMAIN_AFFECT_LIVE | (persistent ? k.VIR_DOMAIN_AFFECT_CONFIG : 0) : k.VIR_DOMAIN_AFFECT_CONFIG;
-    // Eject even when the guest has locked the tray: the engine's eject is authoritative.
-    if (source === null) flags |= k.VIR_DOMAIN_DEVICE_MODIFY_FORCE;
-    const xml = buildCdromDiskXml(disk.element, source);
-    const what = `change ${vmId}/${drive} to ${source === null ? 'empty' : source.path}`;
-    try {
-      await this.call('update', what, () => dom.updateDeviceFlags(xml, flags), vmId);
-    } catch (err) {
-      if (!isCdromError(err) || err.retryable || !active) throw err;
-      throw await this.afterRefusedChange(dom, vmId, drive, before, err);
-    }
+    const { live, entry } = await this.domainEntry(vmId);
+    await this.changeMedium(live, entry, vmId, drive, source, await this.state(live, entry, vmId));
   }
 
   async getMetadata(vmId: string, ns: MetadataNamespace): Promise<string | null> {
-    const dom = await this.domain(vmId);
+    const { dom } = await this.domain(vmId);
     const k = this.virt.constants;
     // AFFECT_CURRENT (0): the live definition of a running domain, else the persistent one;
     // no state round trip needed (reads are on every command's path).
@@ -130,16 +141,23 @@ export class LibvirtHypervisor implements HypervisorPort {
     } catch (err) {
       throw new CdromError('INTERNAL', `metadata for ${ns.uri} is not usable: ${String(err)}`, { cause: err });
     }
-    const dom = await this.domain(vmId);
-    const [active, persistent] = await this.state(dom, vmId);
+    const { live, entry } = await this.domainEntry(vmId);
     const k = this.virt.constants;
-    const flags = active ? k.VIR_DOMAIN_AFFECT_LIVE | (persistent ? k.VIR_DOMAIN_AFFECT_CONFIG : 0) : k.VIR_DOMAIN_AFFECT_CONFIG;
-    await this.call(
-      'metadata',
-      `${body === null ? 'remove' : 'write'} metadata ${ns.uri} of ${vmId}`,
-      () => dom.setMetadata(k.VIR_DOMAIN_METADATA_ELEMENT, body, body === null ? null : ns.prefix, ns.uri, flags),
-      vmId,
-    );
+    const write = (s: StateRead): Promise<void> =>
+      this.call(
+        'metadata',
+        `${body === null ? 'remove' : 'write'} metadata ${ns.uri} of ${vmId}`,
+        () => entry.dom.setMetadata(k.VIR_DOMAIN_METADATA_ELEMENT, body, body === null ? null : ns.prefix, ns.uri, this.affect(s.state)),
+        vmId,
+      );
+    const used = await this.state(live, entry, vmId);
+    try {
+      await write(used);
+    } catch (err) {
+      const again = await this.restateAfterFailure(live, entry, vmId, used, err);
+      if (again === null) throw err;
+      await write(again);
+    }
   }
 
   async listDomains(): Promise<DomainRef[]> {
@@ -150,14 +168,36 @@ export class LibvirtHypervisor implements HypervisorPort {
 
   onEvent(listener: (event: DomainEvent) => void): () => void {
     this.listeners.add(listener);
+    // Events are registered with every connection (the domain cache needs them); the first
+    // listener only makes sure there is one, and that it is kept up.
     if (this.listeners.size === 1) void this.subscribe();
     return () => {
       this.listeners.delete(listener);
-      if (this.listeners.size === 0) void this.unsubscribe();
     };
   }
 
-  // ---- QEMU refused the change -------------------------------------------------------
+  // ---- changing the medium -----------------------------------------------------------
+
+  private async changeMedium(live: Live, entry: CachedDomain, vmId: string, drive: string, source: DriveSource | null, used: StateRead): Promise<void> {
+    const { dom } = entry;
+    const disk = await this.disk(dom, vmId, drive);
+    const before = sourceOf(disk.element);
+    const k = this.virt.constants;
+    // Eject even when the guest has locked the tray: the engine's eject is authoritative.
+    const flags = this.affect(used.state) | (source === null ? k.VIR_DOMAIN_DEVICE_MODIFY_FORCE : 0);
+    const xml = buildCdromDiskXml(disk.element, source);
+    const what = `change ${vmId}/${drive} to ${source === null ? 'empty' : source.path}`;
+    try {
+      await this.call('update', what, () => dom.updateDeviceFlags(xml, flags), vmId);
+    } catch (err) {
+      // Made for a state the domain is no longer in: refused before anything changed, so
+      // read the disk again (an inactive domain shows its persistent one) and write again.
+      const again = await this.restateAfterFailure(live, entry, vmId, used, err);
+      if (again !== null) return this.changeMedium(live, entry, vmId, drive, source, again);
+      if (!isCdromError(err) || err.retryable || !used.state[0]) throw err;
+      throw await this.afterRefusedChange(dom, vmId, drive, before, err);
+    }
+  }
 
   /**
    * QEMU can refuse a medium after libvirt has already opened the tray and removed the
@@ -222,19 +262,67 @@ export class LibvirtHypervisor implements HypervisorPort {
     return disk;
   }
 
-  private async state(dom: NativeDomain, vmId: string): Promise<[boolean, boolean]> {
-    return this.call('read', `state of ${vmId}`, () => Promise.all([dom.isActive(), dom.isPersistent()]), vmId);
+  // ---- which definitions a write reaches ---------------------------------------------
+
+  /** Live (and config when persistent) for a running domain, else its persistent config. */
+  private affect([active, persistent]: DomainState): number {
+    const k = this.virt.constants;
+    return active ? k.VIR_DOMAIN_AFFECT_LIVE | (persistent ? k.VIR_DOMAIN_AFFECT_CONFIG : 0) : k.VIR_DOMAIN_AFFECT_CONFIG;
   }
 
-  private async domain(vmId: string): Promise<NativeDomain> {
-    const key = vmId.toLowerCase();
+  /**
+   * The domain's `[active, persistent]`, from the cache when a lifecycle event has not
+   * invalidated it since it was read. Only a running domain's state is kept. A stale
+   * "running" (or "persistent") is safe: libvirt refuses the write before changing
+   * anything (VIR_ERR_OPERATION_INVALID), and restateAfterFailure reads again and writes
+   * again. A stale "not running" would not be refused: the write would silently go to the
+   * persistent definition only, so that state is read every time. A transient domain
+   * defined while running is covered by its "defined" event alone.
+   */
+  private async state(live: Live, entry: CachedDomain, vmId: string): Promise<StateRead> {
+    if (entry.state !== null) return { state: entry.state, cached: true };
+    const version = entry.version;
+    const [active, persistent] = await this.call('read', `state of ${vmId}`, () => Promise.all([entry.dom.isActive(), entry.dom.isPersistent()]), vmId);
+    const state: DomainState = [active, persistent];
+    // An event that arrived while we read may describe a change our answer predates.
+    if (live.events && active && entry.version === version) entry.state = state;
+    return { state, cached: false };
+  }
+
+  /**
+   * A write made with a cached state failed: the state is forgotten. When libvirt refused
+   * it for that state (OPERATION_INVALID: "domain is not running", "transient domains do
+   * not have any persistent config" — checked before anything is changed) and the state
+   * read now differs, returns the new state to write once more with. Otherwise null: the
+   * error stands, as it would have with a fresh state.
+   */
+  private async restateAfterFailure(live: Live, entry: CachedDomain, vmId: string, used: StateRead, err: unknown): Promise<StateRead | null> {
+    if (!used.cached) return null;
+    invalidate(entry);
+    if (!isCdromError(err) || libvirtCode(err.cause) !== this.virt.constants.VIR_ERR_OPERATION_INVALID) return null;
+    let now: StateRead;
+    try {
+      now = await this.state(live, entry, vmId);
+    } catch {
+      return null;
+    }
+    if (sameState(now.state, used.state)) return null;
+    this.log.info({ vmId, was: used.state, now: now.state }, 'domain state changed under a write; writing again');
+    // never cached: a second refusal is final
+    return { state: now.state, cached: false };
+  }
+
+  private async domain(vmId: string): Promise<CachedDomain> {
+    return (await this.domainEntry(vmId)).entry;
+  }
+
+  private async domainEntry(vmId: string): Promise<{ live: Live; entry: CachedDomain }> {
     const live = await this.connection();
-    const cached = live.domains.get(key);
-    if (cached !== undefined) return cached;
-    const dom = await this.call('lookup', `domain ${vmId}`, () => live.conn.lookupByUUIDString(key));
-    if (live.domains.size >= MAX_CACHED_DOMAINS) live.domains.clear();
-    live.domains.set(key, dom);
-    return dom;
+    const cached = live.domains.get(vmId);
+    if (cached !== undefined) return { live, entry: cached };
+    const dom = await this.call('lookup', `domain ${vmId}`, () => live.conn.lookupByUUIDString(vmId.toLowerCase()));
+    // a concurrent lookup may have won: one entry per domain, so events reach every user
+    return { live, entry: live.domains.get(vmId) ?? live.domains.add(vmId, dom) };
   }
 
   /** Runs one libvirt call and classifies its failure; a dead connection is dropped. */
@@ -245,18 +333,8 @@ export class LibvirtHypervisor implements HypervisorPort {
     } catch (err) {
       const k = this.virt.constants;
       if (isConnectionError(err, k) && live !== null) this.dropConnection(live, 'call failed');
-      if (vmId !== undefined && libvirtCode(err) === k.VIR_ERR_NO_DOMAIN) void this.forget(vmId);
+      if (vmId !== undefined && libvirtCode(err) === k.VIR_ERR_NO_DOMAIN) this.opened?.domains.forget(vmId);
       throw classifyLibvirtError(err, op, k, context);
-    }
-  }
-
-  private async forget(vmId: string): Promise<void> {
-    const live = this.live;
-    if (live === null) return;
-    try {
-      (await live).domains.delete(vmId.toLowerCase());
-    } catch {
-      // not connected: nothing cached
     }
   }
 
@@ -284,20 +362,24 @@ export class LibvirtHypervisor implements HypervisorPort {
     }
     this.reconnectDelay = this.options.reconnectDelayMs ?? 500;
     this.log.info({ uri, generation }, 'connected to libvirt');
-    const live: Live = { conn, generation, domains: new Map() };
-    if (this.listeners.size > 0) {
-      try {
-        await conn.registerDomainEvents();
-      } catch (err) {
-        this.log.error({ err }, 'cannot register domain events');
-      }
+    // Before any call is made on it: the domain cache may keep a state only while events
+    // can invalidate it.
+    let events = true;
+    try {
+      await conn.registerDomainEvents();
+    } catch (err) {
+      events = false;
+      this.log.error({ err }, 'cannot register domain events; domain states are read before every write');
     }
+    const live: Live = { conn, generation, domains: new DomainCache(MAX_CACHED_DOMAINS), events };
+    if (generation === this.generation && !this.closed) this.opened = live;
     return live;
   }
 
   private dropConnection(live: Promise<Live>, why: string): void {
     if (this.live !== live) return;
     this.live = null;
+    this.opened = null;
     this.aliases.clear();
     this.log.warn({ why }, 'libvirt connection lost');
     live.then((l) => l.conn.close()).catch(() => undefined);
@@ -319,19 +401,11 @@ export class LibvirtHypervisor implements HypervisorPort {
   private async subscribe(): Promise<void> {
     try {
       const live = await this.connection();
-      await live.conn.registerDomainEvents();
+      // A connection whose registration failed gets another try for the listeners (its
+      // domain cache stays off: it may have missed events).
+      if (!live.events) await live.conn.registerDomainEvents();
     } catch (err) {
       this.log.error({ err }, 'cannot register domain events');
-    }
-  }
-
-  private async unsubscribe(): Promise<void> {
-    const live = this.live;
-    if (live === null) return;
-    try {
-      await (await live).conn.deregisterDomainEvents();
-    } catch {
-      // a dead connection has no registrations left
     }
   }
 
@@ -342,6 +416,9 @@ export class LibvirtHypervisor implements HypervisorPort {
       if (e.event !== k.VIR_CONNECT_CLOSE_REASON_CLIENT && this.live !== null) this.dropConnection(this.live, `closed by libvirt (reason ${e.event})`);
       return;
     }
+    // Any lifecycle event (started, stopped, defined, undefined, suspended, …) may change
+    // what a write must reach: forget the state now, before the next write can use it.
+    if (e.kind === 'lifecycle' && this.opened?.generation === generation) this.opened.domains.invalidate(e.uuid);
     if (this.listeners.size === 0) return;
     this.eventChain = this.eventChain.then(async () => {
       const mapped = await this.mapEvent(e);
@@ -377,7 +454,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     const known = this.aliases.get(uuid)?.get(alias);
     if (known !== undefined) return known;
     try {
-      const dom = await this.domain(uuid);
+      const { dom } = await this.domain(uuid);
       const xml = await dom.xmlDesc(0);
       const map = new Map<string, string>();
       for (const d of cdromDisks(xml)) {
