@@ -1,3 +1,4 @@
+import { Duplex } from 'node:stream';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
 import type { TlsFiles } from '../config.js';
 import { redactUrl, type Logger } from '../infra/logging.js';
@@ -248,6 +249,7 @@ export class Bus {
       ...(tls.key ? { key: tls.key } : {}),
       clientProperties: { connection_name: this.opts.connectionName ?? 'cdrom-worker' },
     });
+    coalesceWrites(model);
     const generation = ++this.generation;
     const channels: Channel[] = [];
     // eslint-disable-next-line prefer-const -- assigned after the object that the closures capture
@@ -278,6 +280,32 @@ export class Bus {
     };
     return session;
   }
+}
+
+/**
+ * amqplib hands the socket every frame as its own write (its channel buffers are in object
+ * mode), so a burst of events and acks cost one write syscall each. The socket is corked
+ * at the first write of a tick and uncorked at its end: the burst leaves as one writev,
+ * in the same order, no later than before.
+ */
+function coalesceWrites(model: ChannelModel): void {
+  const stream: unknown = (model as unknown as { connection?: { stream?: unknown } }).connection?.stream;
+  if (!(stream instanceof Duplex)) return;
+  const socket = stream;
+  const write = socket.write.bind(socket);
+  let corked = false;
+  const uncork = (): void => {
+    corked = false;
+    socket.uncork();
+  };
+  socket.write = function (...args: Parameters<Duplex['write']>): boolean {
+    if (!corked) {
+      corked = true;
+      socket.cork();
+      process.nextTick(uncork);
+    }
+    return write(...args);
+  } as Duplex['write'];
 }
 
 function withHeartbeat(url: string, seconds: number): string {
