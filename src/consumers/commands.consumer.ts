@@ -150,7 +150,8 @@ export class CommandConsumer {
   }
 
   private async run(cmd: ChangeCdCommand, msg: ConsumeMessage, reply: ReplyTarget): Promise<Settle> {
-    const log = this.log.child({ commandId: cmd.commandId, vmId: cmd.vmId, drive: cmd.drive });
+    // bound per call, not with a child logger per command (a child serialises its bindings up front)
+    const ids = { commandId: cmd.commandId, vmId: cmd.vmId, drive: cmd.drive };
     const { limit } = this.deps.retry;
     // Deliveries that ended without an ack (crash, lost broker) count against the budget,
     // so a message that keeps killing the worker ends in the dead letters too.
@@ -164,8 +165,8 @@ export class CommandConsumer {
       if (exec.kind === 'result') {
         await this.events.publish(resultEvent(this.deps.hostId, cmd, exec.result, exec.startedAt, exec.finishedAt), reply);
         const r = exec.result;
-        log.info(
-          { outcome: r.outcome, action: r.action, replayed: exec.replayed, durationMs: exec.finishedAt.getTime() - exec.startedAt.getTime(), warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined },
+        this.log.info(
+          { ...ids, outcome: r.outcome, action: r.action, replayed: exec.replayed, durationMs: exec.finishedAt.getTime() - exec.startedAt.getTime(), warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined },
           'command finished',
         );
         this.deps.metrics?.commands.inc({ outcome: exec.result.outcome, action: exec.result.action });
@@ -177,11 +178,11 @@ export class CommandConsumer {
       attempts++;
       if (attempts > limit) break;
       const delay = this.backoff(attempts);
-      log.warn({ err: exec.error, attempt: attempts, limit, retryInMs: delay }, 'command hit infrastructure trouble; retrying');
+      this.log.warn({ ...ids, err: exec.error, attempt: attempts, limit, retryInMs: delay }, 'command hit infrastructure trouble; retrying');
       this.deps.metrics?.retries.inc();
       await this.sleep(delay);
     }
-    log.error({ err: lastError, attempts, limit }, 'retry budget exhausted; dead-lettering');
+    this.log.error({ ...ids, err: lastError, attempts, limit }, 'retry budget exhausted; dead-lettering');
     await Promise.all([
       this.events.publish(exhaustedEvent(this.deps.hostId, cmd, lastError, startedAt, new Date(), lastAttempt), reply),
       this.deadLetter(msg, lastError),

@@ -72,7 +72,7 @@ export class DriveRegistry implements CommandExecutor {
     if (this.closed) {
       return { kind: 'retry', error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } };
     }
-    const log = this.log.child({ commandId: command.commandId, vmId: command.vmId, drive: command.drive });
+    const ids = { commandId: command.commandId, vmId: command.vmId, drive: command.drive };
     const { settlement, startedAt, finishedAt } = await this.enqueue(command.vmId, command.drive, (startedAt) => ({
       type: 'EXECUTE',
       command,
@@ -83,11 +83,11 @@ export class DriveRegistry implements CommandExecutor {
       case 'result': {
         const r = settlement.result;
         // The consumer logs the command's end at info (once, with its broker context).
-        log.debug({ outcome: r.outcome, action: r.action, replayed: settlement.replayed, durationMs, warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined }, `changeCD ${r.outcome}`);
+        this.log.debug({ ...ids, outcome: r.outcome, action: r.action, replayed: settlement.replayed, durationMs, warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined }, `changeCD ${r.outcome}`);
         return { kind: 'result', result: r, startedAt, finishedAt, replayed: settlement.replayed };
       }
       case 'retry':
-        log.warn({ err: settlement.error, durationMs }, 'changeCD will be retried');
+        this.log.warn({ ...ids, err: settlement.error, durationMs }, 'changeCD will be retried');
         return { kind: 'retry', error: settlement.error, ...(settlement.attempt ? { attempt: settlement.attempt } : {}) };
       case 'recovered':
         // not produced for EXECUTE
