@@ -10,8 +10,10 @@ import { startRealWorker, type RealWorker, type StepName } from './lib/real-work
  * Item 1: what the worker adds to one CD-ROM change on a real VM. Worker: a changeCD
  * published to the real broker → its result event received (real worker, libvirtd/QEMU,
  * loop-activated LVM). Baseline, in the same run on the same VM and adapters: the
- * unavoidable work called directly — begin metadata write, prepareVolume, updateDevice,
- * teardownVolume of the old volume, final metadata write. Both alternate A↔B in batches
+ * unavoidable work called directly — the metadata writes the design page's change flow
+ * makes (begin: old spec ejecting + new spec loading; after the load: new spec's state
+ * removed; final: old spec removed), prepareVolume, updateDevice, teardownVolume of the
+ * old volume. Both alternate A↔B in batches
  * (who goes first alternates too) so they see the same machine load.
  */
 
@@ -57,6 +59,11 @@ class MetadataForms {
     });
   }
 
+  /** A change's middle write (design page: remove state="loading" from the new drive spec). */
+  loaded(from: Pdiv, to: Pdiv): string {
+    return this.memo(`l|${from.volumeID}|${to.volumeID}`, () => this.holding(from).markEntry('sdc', from, 'ejecting').addEntry('sdc', to, 'loading').clearState('sdc', 'loading').toXml());
+  }
+
   final(to: Pdiv): string {
     return this.memo(`f|${to.volumeID}`, () => this.holding(to).toXml());
   }
@@ -85,7 +92,10 @@ async function directChange(h: HypervisorPort, s: StoragePort, forms: MetadataFo
   await lap('metadata', () => h.setMetadata(vmId, OVIRT_VM_NS, forms.begin(from, to)));
   const prepared = await lap('prepare', () => s.prepareVolume(to));
   await lap('update', () => h.updateDevice(vmId, 'sdc', { type: prepared.diskType, path: prepared.path }));
-  if (from !== null) await lap('teardown', () => s.teardownVolume(from));
+  if (from !== null) {
+    await lap('metadata', () => h.setMetadata(vmId, OVIRT_VM_NS, forms.loaded(from, to)));
+    await lap('teardown', () => s.teardownVolume(from));
+  }
   await lap('metadata', () => h.setMetadata(vmId, OVIRT_VM_NS, forms.final(to)));
   t.total = performance.now() - t0;
   return t;
