@@ -14,6 +14,9 @@ import type { AnyStateNode } from 'xstate';
 import { createCdromMachine } from '../src/machines/cdrom.machine.js';
 import type { Activities } from '../src/machines/cdrom.activities.js';
 
+/** The activities: a state's entry action of one of these names starts that step. */
+const STEPS = new Set<string>(['inspect', 'recover', 'editMetadata', 'writeJournal', 'prepareVolume', 'updateDevice', 'teardownVolume'] satisfies (keyof Activities)[]);
+
 export const DIAGRAM_PATH = join(import.meta.dirname, '..', 'docs', 'cdrom-machine.md');
 
 interface Edge {
@@ -27,8 +30,8 @@ const mermaidId = (nodeId: string): string => nodeId.replace(/^cdrom\.?/, '').re
 
 /** The event a transition listens to, in the words of the machine's definition. */
 function eventLabel(eventType: string): string {
-  if (eventType.startsWith('xstate.done.actor.')) return 'done';
-  if (eventType.startsWith('xstate.error.actor.')) return 'error';
+  if (eventType.endsWith('.done') && STEPS.has(eventType.slice(0, -'.done'.length))) return 'done';
+  if (eventType === 'step.error') return 'error';
   const after = /^xstate\.after\.([^.]+)\./.exec(eventType);
   if (after) return `after ${after[1]}`;
   return eventType;
@@ -58,9 +61,17 @@ function commonParent(a: string, b: string): string {
   return common.join('.');
 }
 
-function invoked(node: AnyStateNode): string {
-  const srcs = node.invoke.map((i) => (typeof i.src === 'string' ? i.src : 'actor'));
-  return srcs.length === 0 ? '' : ` · ${srcs.join(', ')}()`;
+/** The step a state starts: its entry action named after an activity, with its params. */
+function started(node: AnyStateNode): string {
+  const names: string[] = [];
+  for (const a of node.entry as readonly unknown[]) {
+    const type = typeof a === 'string' ? a : (a as { type?: unknown }).type;
+    if (typeof type !== 'string' || !STEPS.has(type)) continue;
+    const params = typeof a === 'object' && a !== null ? (a as { params?: unknown }).params : undefined;
+    const shown = params !== null && typeof params === 'object' ? Object.values(params as Record<string, unknown>).filter((v) => typeof v === 'string') : [];
+    names.push(`${type}(${shown.join(', ')})`);
+  }
+  return names.length === 0 ? '' : ` · ${names.join(', ')}`;
 }
 
 export function renderMermaid(): string {
@@ -85,7 +96,7 @@ export function renderMermaid(): string {
         block(c, `${indent}  `);
         lines.push(`${indent}}`);
       } else {
-        lines.push(`${indent}${id} : ${c.key}${invoked(c)}`);
+        lines.push(`${indent}${id} : ${c.key}${started(c)}`);
       }
     }
     for (const e of edges.filter((x) => commonParent(x.from, x.to) === n.id)) {
@@ -104,9 +115,9 @@ export function renderMachineDoc(): string {
     '     src/machines/cdrom.machine.ts. Do not edit: test/unit/diagram.test.ts fails when stale. -->',
     '',
     'One actor per (vmId, drive). `idle` waits for `EXECUTE` (a changeCD) or `RECOVER`;',
-    'every other state invokes one effect (named after `·`) and moves on when it is',
-    '`done` or throws (`error`); a step that takes longer than `CDROM_STEP_TIMEOUT_MS`',
-    'throws a retryable `TIMEOUT` (same `error` edge). Where one event has several guarded transitions, `[n]` is',
+    'every other state starts one step, an activity (named after `·`, with what it works on),',
+    'and moves on when it is `done` or throws (`error`); a step that takes longer than',
+    '`CDROM_STEP_TIMEOUT_MS` throws a retryable `TIMEOUT` (same `error` edge). Where one event has several guarded transitions, `[n]` is',
     'their order (the first whose guard holds is taken) and `[else]` the fallback.',
     '`settled` and `retrying` emit the `settled` event the registry waits for, then return',
     'to `idle`.',

@@ -5,16 +5,22 @@ import { isPdiv, sameMedia, type Media } from '../domain/media.js';
 import type { DoneRecord, PendingRecord } from '../domain/metadata/journal.metadata.js';
 import { actionFor, type Attempt, type ChangeAction, type ChangeResult } from '../domain/outcome.js';
 import type { DriveSource, PreparedVolume, TeardownResult } from '../domain/ports.js';
+import type { Failpoint } from '../infra/failpoints.js';
 import type { Activities, DriveRef, Inspection, MetadataEdit, RecoveryReport } from './cdrom.activities.js';
-import { Deadlines, fromStep } from './step-actor.js';
+import { Deadlines, StepRunner } from './step-runner.js';
 
 /**
  * One CD-ROM (vmId, drive). Idle until told to EXECUTE a changeCD or to RECOVER; then it
  * walks the design page's flow for the action step by step — write the intent to the
  * metadata, act, commit — and every "if failed" branch exactly as written. It emits one
- * `settled` event per request and goes back to idle. No I/O: effects are the injected
- * activities, each invoked as a step with a deadline — a step that hangs fails with a
- * retryable TIMEOUT and takes the state's `onError` branches like any other failure.
+ * `settled` event per request and goes back to idle.
+ *
+ * No I/O here: every effect is one of the injected activities, started by the entry
+ * action named after it (`entry: 'prepareVolume'`); its outcome comes back as an event,
+ * `<activity>.done` (with the output) or `step.error`. A step has a deadline: one that
+ * hangs fails with a retryable TIMEOUT and takes the state's `step.error` branches like
+ * any other failure. (Steps are not `invoke`d: a child actor per step cost four times
+ * the rest of the machine per command, measured — see bench/README.md.)
  */
 
 export type Settlement =
@@ -23,6 +29,20 @@ export type Settlement =
   | { readonly kind: 'recovered'; readonly report: RecoveryReport | null; readonly error: ErrorInfo | null };
 
 export type CdromEvent = { type: 'EXECUTE'; command: ChangeCdCommand; startedAt: string } | { type: 'RECOVER' };
+
+/** What a started step sends back to its actor. */
+export type StepEvent =
+  | { type: 'inspect.done'; output: Inspection }
+  | { type: 'recover.done'; output: RecoveryReport }
+  | { type: 'editMetadata.done'; output: void }
+  | { type: 'writeJournal.done'; output: void }
+  | { type: 'prepareVolume.done'; output: PreparedVolume }
+  | { type: 'updateDevice.done'; output: void }
+  | { type: 'teardownVolume.done'; output: TeardownResult }
+  | { type: 'step.error'; error: unknown };
+
+/** The metadata edits a state writes, by name (the diagram shows the name). */
+type EditSet = 'begin' | 'clearLoading' | 'clearEjecting' | 'removeLoadingSpec' | 'removeEjectedSpec' | 'undoSpecs' | 'finish';
 export type CdromEmitted = { type: 'settled'; settlement: Settlement };
 
 export type CdromInput = DriveRef;
@@ -95,28 +115,39 @@ const fresh = {
 } satisfies Omit<Context, keyof DriveRef>;
 
 export function createCdromMachine(activities: Activities, options: CdromOptions = { stepTimeoutMs: 60_000 }) {
-  const deadlines = new Deadlines(options.stepTimeoutMs);
+  const steps = new StepRunner(new Deadlines(options.stepTimeoutMs));
   return setup({
     types: {
       context: {} as Context,
-      events: {} as CdromEvent,
+      events: {} as CdromEvent | StepEvent,
       input: {} as CdromInput,
       emitted: {} as CdromEmitted,
-    },
-    actors: {
-      inspect: fromStep<Inspection, DriveRef & { commandId: string | null }>('reading the drive and its metadata', deadlines, (input) => activities.inspect(input)),
-      recover: fromStep<RecoveryReport, DriveRef>('recovering the drive', deadlines, (input) => activities.recover(input)),
-      editMetadata: fromStep<void, Parameters<Activities['editMetadata']>[0]>('a metadata write', deadlines, (input) => activities.editMetadata(input)),
-      writeJournal: fromStep<void, Parameters<Activities['writeJournal']>[0]>('a journal write', deadlines, (input) => activities.writeJournal(input)),
-      prepareVolume: fromStep<PreparedVolume, { media: Media }>('preparing the volume', deadlines, (input) => activities.prepareVolume(input)),
-      updateDevice: fromStep<void, DriveRef & { source: DriveSource | null }>('changing the media (updateDeviceFlags)', deadlines, (input) => activities.updateDevice(input)),
-      teardownVolume: fromStep<TeardownResult, Parameters<Activities['teardownVolume']>[0]>('tearing down a volume', deadlines, (input) => activities.teardownVolume(input)),
     },
     guards: {
       /** infrastructure trouble, outcome unknown: retry instead of running the failure branch */
       retryable: ({ event }) => isRetryable(errorOf(event)),
     },
     actions: {
+      // ---- the steps: each starts one activity; its outcome comes back as an event ----
+      inspect: ({ context, self }) =>
+        steps.run(self, 'inspect.done', 'reading the drive and its metadata', () => activities.inspect({ vmId: context.vmId, drive: context.drive, commandId: context.command?.commandId ?? null })),
+      recover: ({ context, self }) => steps.run(self, 'recover.done', 'recovering the drive', () => activities.recover({ vmId: context.vmId, drive: context.drive })),
+      editMetadata: ({ context, self }, params: { edits: EditSet; failpoint?: Failpoint }) =>
+        steps.run(self, 'editMetadata.done', 'a metadata write', () =>
+          activities.editMetadata({ vmId: context.vmId, drive: context.drive, edits: editsOf(params.edits, context), ...(params.failpoint !== undefined ? { failpoint: params.failpoint } : {}) }),
+        ),
+      writeJournal: ({ context, self }, params: { record: 'pending' | 'completed' | 'failed' }) =>
+        steps.run(self, 'writeJournal.done', 'a journal write', () => activities.writeJournal({ vmId: context.vmId, drive: context.drive, record: journalRecord(context, params.record) })),
+      prepareVolume: ({ context, self }) => steps.run(self, 'prepareVolume.done', 'preparing the volume', () => activities.prepareVolume({ media: context.requested as Media })),
+      updateDevice: ({ context, self }, params: { source: 'new' | 'empty' }) =>
+        steps.run(self, 'updateDevice.done', 'changing the media (updateDeviceFlags)', () =>
+          activities.updateDevice({ vmId: context.vmId, drive: context.drive, source: params.source === 'new' ? sourceOf(context.prepared as PreparedVolume) : null }),
+        ),
+      teardownVolume: ({ context, self }, params: { volume: 'new' | 'old'; failpoint?: Failpoint }) =>
+        steps.run(self, 'teardownVolume.done', 'tearing down a volume', () =>
+          activities.teardownVolume({ media: (params.volume === 'new' ? context.requested : context.previous) as Media, ...(params.failpoint !== undefined ? { failpoint: params.failpoint } : {}) }),
+        ),
+      // ---- bookkeeping ----
       /** keep the step's error: the flow fails with the original error */
       keepError: assign({ error: ({ event }) => asError(errorOf(event)) }),
       /** a failure the design page says to log and go on from */
@@ -157,14 +188,13 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       },
 
       recovering: {
-        invoke: {
-          src: 'recover',
-          input: ({ context }) => ({ vmId: context.vmId, drive: context.drive }),
-          onDone: {
+        entry: 'recover',
+        on: {
+          'recover.done': {
             target: 'idle',
             actions: emit(({ event }) => ({ type: 'settled' as const, settlement: { kind: 'recovered' as const, report: event.output, error: null } })),
           },
-          onError: {
+          'step.error': {
             target: 'idle',
             actions: emit(({ event }) => ({ type: 'settled' as const, settlement: { kind: 'recovered' as const, report: null, error: asError(event.error) } })),
           },
@@ -172,10 +202,9 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       },
 
       inspecting: {
-        invoke: {
-          src: 'inspect',
-          input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, commandId: context.command?.commandId ?? null }),
-          onDone: [
+        entry: 'inspect',
+        on: {
+          'inspect.done': [
             {
               // Seen before and finished: answer the same, touch nothing.
               guard: ({ event }) => event.output.record?.status === 'done',
@@ -218,7 +247,7 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
               }),
             },
           ],
-          onError: [
+          'step.error': [
             { guard: 'retryable', target: 'retrying', actions: 'keepError' },
             {
               target: 'settled',
@@ -232,11 +261,10 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       },
 
       recoveringFirst: {
-        invoke: {
-          src: 'recover',
-          input: ({ context }) => ({ vmId: context.vmId, drive: context.drive }),
-          onDone: { target: 'inspecting', actions: assign({ recovered: true }) },
-          onError: [
+        entry: 'recover',
+        on: {
+          'recover.done': { target: 'inspecting', actions: assign({ recovered: true }) },
+          'step.error': [
             { guard: 'retryable', target: 'retrying', actions: 'keepError' },
             { target: 'inspecting', actions: assign({ recovered: true }) },
           ],
@@ -251,26 +279,14 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       },
 
       journaling: {
-        invoke: {
-          src: 'writeJournal',
-          input: ({ context }) => ({
-            vmId: context.vmId,
-            drive: context.drive,
-            record: {
-              commandId: (context.command as ChangeCdCommand).commandId,
-              drive: context.drive,
-              action: context.action,
-              previous: context.previous,
-              requested: context.requested,
-              startedAt: context.startedAt,
-            },
-          }),
-          onDone: [
+        entry: { type: 'writeJournal', params: { record: 'pending' } },
+        on: {
+          'writeJournal.done': [
             { guard: ({ context }) => context.action === 'eject', target: 'ejecting' },
             { guard: ({ context }) => context.action === 'load', target: 'loading' },
             { target: 'changing' },
           ],
-          onError: [
+          'step.error': [
             { guard: 'retryable', target: 'retrying', actions: 'keepError' },
             { target: 'settled', actions: 'keepError' },
           ],
@@ -282,22 +298,20 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
         initial: 'begin',
         states: {
           begin: {
-            invoke: {
-              src: 'editMetadata',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: beginEdits(context), failpoint: 'metadata-begin' as const }),
-              onDone: 'prepare',
-              onError: [
+            entry: { type: 'editMetadata', params: { edits: 'begin', failpoint: 'metadata-begin' } },
+            on: {
+              'editMetadata.done': 'prepare',
+              'step.error': [
                 { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
           },
           prepare: {
-            invoke: {
-              src: 'prepareVolume',
-              input: ({ context }) => ({ media: context.requested as Media }),
-              onDone: { target: 'update', actions: assign({ prepared: ({ event }) => event.output }) },
-              onError: [
+            entry: 'prepareVolume',
+            on: {
+              'prepareVolume.done': { target: 'update', actions: assign({ prepared: ({ event }) => event.output }) },
+              'step.error': [
                 { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: remove drive spec (log errors), fail the flow with original error
                 { target: 'removeSpec', actions: 'keepError' },
@@ -305,11 +319,10 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           update: {
-            invoke: {
-              src: 'updateDevice',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, source: sourceOf(context.prepared as PreparedVolume) }),
-              onDone: { target: '#cdrom.recordingDone', actions: assign({ current: ({ context }) => context.requested }) },
-              onError: [
+            entry: { type: 'updateDevice', params: { source: 'new' } },
+            on: {
+              'updateDevice.done': { target: '#cdrom.recordingDone', actions: assign({ current: ({ context }) => context.requested }) },
+              'step.error': [
                 { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: tear down the volume (log error), remove the drive spec (log error), fail
                 { target: 'teardownNew', actions: 'keepError' },
@@ -317,19 +330,17 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           teardownNew: {
-            invoke: {
-              src: 'teardownVolume',
-              input: ({ context }) => ({ media: context.requested as Media }),
-              onDone: 'removeSpec',
-              onError: { target: 'removeSpec', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
+            entry: { type: 'teardownVolume', params: { volume: 'new' } },
+            on: {
+              'teardownVolume.done': 'removeSpec',
+              'step.error': { target: 'removeSpec', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
           },
           removeSpec: {
-            invoke: {
-              src: 'editMetadata',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: [{ op: 'remove' as const, state: 'loading' as const }] }),
-              onDone: '#cdrom.recordingFailed',
-              onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the loading drive spec' } } },
+            entry: { type: 'editMetadata', params: { edits: 'removeLoadingSpec' } },
+            on: {
+              'editMetadata.done': '#cdrom.recordingFailed',
+              'step.error': { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the loading drive spec' } } },
             },
           },
         },
@@ -340,22 +351,20 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
         initial: 'begin',
         states: {
           begin: {
-            invoke: {
-              src: 'editMetadata',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: beginEdits(context), failpoint: 'metadata-begin' as const }),
-              onDone: 'update',
-              onError: [
+            entry: { type: 'editMetadata', params: { edits: 'begin', failpoint: 'metadata-begin' } },
+            on: {
+              'editMetadata.done': 'update',
+              'step.error': [
                 { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
           },
           update: {
-            invoke: {
-              src: 'updateDevice',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, source: null }),
-              onDone: { target: 'teardown', actions: assign({ current: null }) },
-              onError: [
+            entry: { type: 'updateDevice', params: { source: 'empty' } },
+            on: {
+              'updateDevice.done': { target: 'teardown', actions: assign({ current: null }) },
+              'step.error': [
                 { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: remove the state attribute (log error), fail with original error
                 { target: 'clearState', actions: 'keepError' },
@@ -363,18 +372,16 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           clearState: {
-            invoke: {
-              src: 'editMetadata',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: [{ op: 'clear-state' as const, state: 'ejecting' as const }] }),
-              onDone: '#cdrom.recordingFailed',
-              onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="ejecting"' } } },
+            entry: { type: 'editMetadata', params: { edits: 'clearEjecting' } },
+            on: {
+              'editMetadata.done': '#cdrom.recordingFailed',
+              'step.error': { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="ejecting"' } } },
             },
           },
           teardown: {
-            invoke: {
-              src: 'teardownVolume',
-              input: ({ context }) => ({ media: context.previous as Media, failpoint: 'teardown' as const }),
-              onDone: [
+            entry: { type: 'teardownVolume', params: { volume: 'old', failpoint: 'teardown' } },
+            on: {
+              'teardownVolume.done': [
                 {
                   // used by another VM: log and succeed
                   guard: ({ event }) => event.output === 'in-use',
@@ -383,7 +390,7 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
                 },
                 { target: '#cdrom.recordingDone' },
               ],
-              onError: [
+              'step.error': [
                 { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // anything else: the drive is empty, so the metadata stops naming the volume; fail
                 { target: 'forgetVolume', actions: assign({ error: ({ event }) => ({ ...asError(event.error), code: 'TEARDOWN_FAILED' as const }) }) },
@@ -391,11 +398,10 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           forgetVolume: {
-            invoke: {
-              src: 'editMetadata',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: [{ op: 'remove' as const, state: 'ejecting' as const }] }),
-              onDone: '#cdrom.recordingFailed',
-              onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the ejected drive spec' } } },
+            entry: { type: 'editMetadata', params: { edits: 'removeEjectedSpec' } },
+            on: {
+              'editMetadata.done': '#cdrom.recordingFailed',
+              'step.error': { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the ejected drive spec' } } },
             },
           },
         },
@@ -406,22 +412,20 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
         initial: 'begin',
         states: {
           begin: {
-            invoke: {
-              src: 'editMetadata',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: beginEdits(context), failpoint: 'metadata-begin' as const }),
-              onDone: 'prepare',
-              onError: [
+            entry: { type: 'editMetadata', params: { edits: 'begin', failpoint: 'metadata-begin' } },
+            on: {
+              'editMetadata.done': 'prepare',
+              'step.error': [
                 { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 { target: '#cdrom.recordingFailed', actions: 'keepError' },
               ],
             },
           },
           prepare: {
-            invoke: {
-              src: 'prepareVolume',
-              input: ({ context }) => ({ media: context.requested as Media }),
-              onDone: { target: 'update', actions: assign({ prepared: ({ event }) => event.output }) },
-              onError: [
+            entry: 'prepareVolume',
+            on: {
+              'prepareVolume.done': { target: 'update', actions: assign({ prepared: ({ event }) => event.output }) },
+              'step.error': [
                 { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: remove state="ejecting", remove the new drive spec (log errors), fail
                 { target: 'undoSpecs', actions: 'keepError' },
@@ -429,11 +433,10 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           update: {
-            invoke: {
-              src: 'updateDevice',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, source: sourceOf(context.prepared as PreparedVolume) }),
-              onDone: { target: 'finishLoading', actions: assign({ current: ({ context }) => context.requested }) },
-              onError: [
+            entry: { type: 'updateDevice', params: { source: 'new' } },
+            on: {
+              'updateDevice.done': { target: 'finishLoading', actions: assign({ current: ({ context }) => context.requested }) },
+              'step.error': [
                 { guard: 'retryable', target: '#cdrom.retrying', actions: 'keepError' },
                 // if failed: tear down the new volume, remove its spec, remove state="ejecting" (log errors), fail
                 { target: 'teardownNew', actions: 'keepError' },
@@ -441,42 +444,31 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           teardownNew: {
-            invoke: {
-              src: 'teardownVolume',
-              input: ({ context }) => ({ media: context.requested as Media }),
-              onDone: 'undoSpecs',
-              onError: { target: 'undoSpecs', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
+            entry: { type: 'teardownVolume', params: { volume: 'new' } },
+            on: {
+              'teardownVolume.done': 'undoSpecs',
+              'step.error': { target: 'undoSpecs', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
           },
           undoSpecs: {
-            invoke: {
-              src: 'editMetadata',
-              input: ({ context }) => ({
-                vmId: context.vmId,
-                drive: context.drive,
-                edits: [
-                  { op: 'remove' as const, state: 'loading' as const },
-                  { op: 'clear-state' as const, state: 'ejecting' as const },
-                ],
-              }),
-              onDone: '#cdrom.recordingFailed',
-              onError: { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'restoring the drive specs' } } },
+            entry: { type: 'editMetadata', params: { edits: 'undoSpecs' } },
+            on: {
+              'editMetadata.done': '#cdrom.recordingFailed',
+              'step.error': { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'restoring the drive specs' } } },
             },
           },
           finishLoading: {
-            invoke: {
-              src: 'editMetadata',
-              input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: [{ op: 'clear-state' as const, state: 'loading' as const }] }),
-              onDone: 'teardownOld',
+            entry: { type: 'editMetadata', params: { edits: 'clearLoading' } },
+            on: {
+              'editMetadata.done': 'teardownOld',
               // if failed: log the error and continue
-              onError: { target: 'teardownOld', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="loading"' } } },
+              'step.error': { target: 'teardownOld', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="loading"' } } },
             },
           },
           teardownOld: {
-            invoke: {
-              src: 'teardownVolume',
-              input: ({ context }) => ({ media: context.previous as Media, failpoint: 'teardown' as const }),
-              onDone: [
+            entry: { type: 'teardownVolume', params: { volume: 'old', failpoint: 'teardown' } },
+            on: {
+              'teardownVolume.done': [
                 {
                   guard: ({ event }) => event.output === 'in-use',
                   target: '#cdrom.recordingDone',
@@ -485,27 +477,17 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
                 { target: '#cdrom.recordingDone' },
               ],
               // if failed (e.g. timeout): log the error and continue
-              onError: { target: '#cdrom.recordingDone', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the old volume' } } },
+              'step.error': { target: '#cdrom.recordingDone', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the old volume' } } },
             },
           },
         },
       },
 
       recordingDone: {
-        invoke: {
-          src: 'writeJournal',
-          input: ({ context }) => ({
-            vmId: context.vmId,
-            drive: context.drive,
-            record: {
-              commandId: (context.command as ChangeCdCommand).commandId,
-              drive: context.drive,
-              result: resultOf(context, 'completed'),
-              startedAt: context.startedAt,
-            },
-          }),
-          onDone: 'finishing',
-          onError: [
+        entry: { type: 'writeJournal', params: { record: 'completed' } },
+        on: {
+          'writeJournal.done': 'finishing',
+          'step.error': [
             { guard: 'retryable', target: 'retrying', actions: 'keepError' },
             { target: 'finishing', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
           ],
@@ -513,30 +495,19 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       },
 
       finishing: {
-        invoke: {
-          src: 'editMetadata',
-          input: ({ context }) => ({ vmId: context.vmId, drive: context.drive, edits: finishEdits(context), failpoint: 'metadata-finish' as const }),
-          onDone: 'settled',
+        entry: { type: 'editMetadata', params: { edits: 'finish', failpoint: 'metadata-finish' } },
+        on: {
+          'editMetadata.done': 'settled',
           // if failed: log the error and succeed
-          onError: { target: 'settled', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'final metadata write' } } },
+          'step.error': { target: 'settled', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'final metadata write' } } },
         },
       },
 
       recordingFailed: {
-        invoke: {
-          src: 'writeJournal',
-          input: ({ context }) => ({
-            vmId: context.vmId,
-            drive: context.drive,
-            record: {
-              commandId: (context.command as ChangeCdCommand).commandId,
-              drive: context.drive,
-              result: resultOf(context, 'failed'),
-              startedAt: context.startedAt,
-            },
-          }),
-          onDone: 'settled',
-          onError: { target: 'settled', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
+        entry: { type: 'writeJournal', params: { record: 'failed' } },
+        on: {
+          'writeJournal.done': 'settled',
+          'step.error': { target: 'settled', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
         },
       },
 
@@ -546,6 +517,36 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       retrying: { entry: 'settleRetry', always: { target: 'idle', actions: 'reset' } },
     },
   });
+}
+
+/** The metadata edits of each named write, from the flow's context. */
+function editsOf(set: EditSet, ctx: Context): MetadataEdit[] {
+  switch (set) {
+    case 'begin':
+      return beginEdits(ctx);
+    case 'clearLoading':
+      return [{ op: 'clear-state', state: 'loading' }];
+    case 'clearEjecting':
+      return [{ op: 'clear-state', state: 'ejecting' }];
+    case 'removeLoadingSpec':
+      return [{ op: 'remove', state: 'loading' }];
+    case 'removeEjectedSpec':
+      return [{ op: 'remove', state: 'ejecting' }];
+    case 'undoSpecs':
+      return [
+        { op: 'remove', state: 'loading' },
+        { op: 'clear-state', state: 'ejecting' },
+      ];
+    case 'finish':
+      return finishEdits(ctx);
+  }
+}
+
+/** The journal record a state writes: what the command set out to do, or how it ended. */
+function journalRecord(ctx: Context, kind: 'pending' | 'completed' | 'failed'): Omit<PendingRecord, 'status'> | Omit<DoneRecord, 'status'> {
+  const commandId = (ctx.command as ChangeCdCommand).commandId;
+  if (kind === 'pending') return { commandId, drive: ctx.drive, action: ctx.action, previous: ctx.previous, requested: ctx.requested, startedAt: ctx.startedAt };
+  return { commandId, drive: ctx.drive, result: resultOf(ctx, kind), startedAt: ctx.startedAt };
 }
 
 /** The flow's final metadata write: the one that removes `state`. */

@@ -12,6 +12,7 @@ describe('docs/cdrom-machine.md', () => {
     for (const edge of ['idle --> inspecting : EXECUTE', 'journaling --> loading', 'journaling --> ejecting', 'journaling --> changing', 'inspecting --> settled : done [1]', 'retrying --> idle : always']) {
       expect(m).toContain(edge);
     }
-    expect(m).toMatch(/changing_teardownOld : teardownOld · teardownVolume\(\)/);
+    expect(m).toMatch(/changing_teardownOld : teardownOld · teardownVolume\(old, teardown\)/);
+    expect(m).toContain('loading_update --> loading_teardownNew : error [else]');
   });
 });
