@@ -8,10 +8,10 @@ import { CdromError, toCdromError } from '../domain/errors.js';
  * `timeoutMs` fails with a retryable `TIMEOUT` (its outcome is unknown). Whatever the
  * step does afterwards, and the outcome of a step its actor has moved on from, is dropped.
  *
- * Why not `invoke`: a child actor per step (XState's `fromPromise`, its AbortController
- * and an `after` timer per state) cost about 180 µs of CPU per command against 40 µs for
- * the same nine steps started by entry actions (measured, see bench/README.md); the
- * deadlines of all drives share one timer.
+ * Why not `invoke`: a child actor per step (XState's `fromPromise`, its AbortController,
+ * an `after` timer per state) cost ~150 µs per nine-step command against ~40 µs for the
+ * same steps started by entry actions (`npx tsx bench/steps.bench.ts`). The deadlines of
+ * all drives share one timer.
  */
 
 /** One timer for many deadlines: checks every `tickMs` for the expired ones. */
