@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { existsSync } from 'node:fs';
@@ -42,12 +42,14 @@ interface Section {
   readonly args: Record<string, number>;
   readonly nodeFlags?: readonly string[];
   readonly profiled?: boolean;
+  /** run as compiled JS on plain node (tsconfig.bench.json), the way the worker runs dist/ */
+  readonly compiled?: boolean;
 }
 
 const SECTIONS: readonly Section[] = [
   { name: 'throughput', file: 'throughput.run.ts', args: quick ? { total: 5000, drives: 1000, concurrency: 16, rounds: 1 } : { total: 20_000, drives: 1000, concurrency: 16, rounds: 3 }, profiled: true },
-  { name: 'memory', file: 'memory.bench.ts', args: quick ? { commands: 5000, drives: 2500 } : { commands: 20_000, drives: 10_000 }, nodeFlags: ['--expose-gc'] },
-  { name: 'memory-ttl0', file: 'memory.bench.ts', args: quick ? { commands: 5000, drives: 2500, 'idle-ttl': 0 } : { commands: 20_000, drives: 10_000, 'idle-ttl': 0 }, nodeFlags: ['--expose-gc'] },
+  { name: 'memory', file: 'memory.bench.ts', args: quick ? { commands: 5000, drives: 2500 } : { commands: 20_000, drives: 10_000 }, nodeFlags: ['--expose-gc'], compiled: true },
+  { name: 'memory-ttl0', file: 'memory.bench.ts', args: quick ? { commands: 5000, drives: 2500, 'idle-ttl': 0 } : { commands: 20_000, drives: 10_000, 'idle-ttl': 0 }, nodeFlags: ['--expose-gc'], compiled: true },
   { name: 'recovery', file: 'recovery.bench.ts', args: quick ? { domains: 1000, 'real-vms': 3, rounds: 2 } : { domains: 1000, 'real-vms': 10, rounds: 5 } },
   { name: 'overhead', file: 'overhead.bench.ts', args: quick ? { changes: 20, batch: 5, 'per-vm': 150 } : { changes: 200, batch: 10, 'per-vm': 150 }, profiled: true },
   { name: 'parallel', file: 'parallel.bench.ts', args: quick ? { vms: 4, 'per-vm': 10, round: 5 } : { vms: 8, 'per-vm': 100, round: 10 } },
@@ -65,6 +67,20 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   });
 }
 
+const ROOT = resolve(BENCH, '..');
+const COMPILED = join(ROOT, '.bench-dist');
+let compiling: Promise<void> | undefined;
+
+/** tsc -p tsconfig.bench.json once per run; a tree that does not typecheck fails the sections that need it. */
+function compileBench(): Promise<void> {
+  return (compiling ??= new Promise<void>((done, fail) => {
+    execFile(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.bench.json')], { cwd: ROOT, maxBuffer: 16 * 2 ** 20 }, (err, stdout) => {
+      if (err === null) done();
+      else fail(new Error(`tsc -p tsconfig.bench.json failed:\n${stdout.split('\n').slice(0, 20).join('\n')}`));
+    });
+  }));
+}
+
 async function runChild(s: Section): Promise<{ result: unknown; profile?: { totalMs: number; idleMs: number; entries: ProfileEntry[] } }> {
   const args: string[] = [];
   for (const [k, v] of Object.entries(s.args)) {
@@ -78,7 +94,9 @@ async function runChild(s: Section): Promise<{ result: unknown; profile?: { tota
     await mkdir(profDir, { recursive: true });
     flags.push('--cpu-prof', `--cpu-prof-dir=${profDir}`);
   }
-  const child = spawn(process.execPath, [...flags, '--import', 'tsx', join(BENCH, s.file), ...args], {
+  if (s.compiled === true) await compileBench();
+  const entry = s.compiled === true ? [join(COMPILED, 'bench', s.file.replace(/\.ts$/, '.js'))] : ['--import', 'tsx', join(BENCH, s.file)];
+  const child = spawn(process.execPath, [...flags, ...entry, ...args], {
     env: { ...process.env, UV_THREADPOOL_SIZE: process.env['UV_THREADPOOL_SIZE'] ?? '16' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
