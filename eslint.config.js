@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', '.bench-dist/**', 'build/**', 'node_modules/**', 'native/**', 'coverage/**', 'bin/**'] },
+  { ignores: ['dist/**', '.bench-dist/**', '.tmp/**', 'build/**', 'node_modules/**', 'native/**', 'coverage/**', 'bin/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
