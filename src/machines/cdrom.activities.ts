@@ -69,10 +69,14 @@ export function createActivities(deps: ActivityDeps): Activities {
     return mdCache.get(vmId, await hypervisor.getMetadata(vmId, OVIRT_VM_NS));
   }
 
-  /** Serialised read-modify-write of one namespace of one domain; skips no-op writes. */
-  async function rewrite<T extends { toXml(): string }>(vmId: string, ns: MetadataNamespace, cache: DocumentCache<T>, edit: (doc: T) => T): Promise<void> {
+  /**
+   * Serialised read-modify-write of one namespace of one domain; skips no-op writes.
+   * `ours`: nobody else writes this namespace, so the document this process last read or
+   * wrote (under the same lock) is current and is not read again.
+   */
+  async function rewrite<T extends { toXml(): string }>(vmId: string, ns: MetadataNamespace, cache: DocumentCache<T>, edit: (doc: T) => T, ours = false): Promise<void> {
     await locks.run(`${vmId.toLowerCase()}|${ns.uri}`, async () => {
-      const before = cache.get(vmId, await hypervisor.getMetadata(vmId, ns));
+      const before = (ours ? cache.peek(vmId) : undefined) ?? cache.get(vmId, await hypervisor.getMetadata(vmId, ns));
       const after = edit(before);
       if (after === before) return;
       const xml = after.toXml();
@@ -161,7 +165,8 @@ export function createActivities(deps: ActivityDeps): Activities {
     },
 
     async writeJournal({ vmId, record }) {
-      await rewrite(vmId, JOURNAL_NS, journalCache, (journal) => ('result' in record ? journal.withDone(record) : journal.withPending(record)));
+      // The journal namespace is this worker's own: inspect() has just read it, or we wrote it.
+      await rewrite(vmId, JOURNAL_NS, journalCache, (journal) => ('result' in record ? journal.withDone(record) : journal.withPending(record)), true);
     },
 
     async prepareVolume({ media }) {
@@ -205,6 +210,11 @@ class DocumentCache<T> {
     const doc = this.parse(xml);
     this.put(vmId, xml, doc);
     return doc;
+  }
+
+  /** The last document seen for the domain, if still cached. */
+  peek(vmId: string): T | undefined {
+    return this.docs.get(vmId.toLowerCase())?.doc;
   }
 
   put(vmId: string, xml: string | null, doc: T): void {
