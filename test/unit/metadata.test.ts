@@ -114,4 +114,14 @@ describe('command journal', () => {
   it('survives a damaged document', () => {
     expect(Journal.parse('<cdrom:journal xmlns:cdrom="x"><cdrom:command id="a">bm90IGpzb24</cdrom:command></cdrom:journal>').size).toBe(0);
   });
+
+  it('a damaged record costs only that command; others read back, whatever the quoting', () => {
+    const good = Journal.parse(null).withDone({ commandId: 'B0B0B0B0-6f43-4a43-9d0e-3b8a7b0f2a11', drive: 'sdc', result, startedAt: 't' }).toXml();
+    const requoted = good.replace(/"/g, "'").replace('<cdrom:command', `<cdrom:command id='a' drive='sdc' status='done'>bm90IGpzb24</cdrom:command><cdrom:command`);
+    const j = Journal.parse(requoted);
+    expect(j.size).toBe(2);
+    expect(j.find('sdc', 'a')).toBeUndefined();
+    expect(j.find('sdc', 'b0b0b0b0-6f43-4a43-9d0e-3b8a7b0f2a11')).toMatchObject({ status: 'done', result });
+    expect(Journal.parse(j.withDone({ commandId: 'c', drive: 'sdc', result, startedAt: 't' }).toXml()).size).toBe(3);
+  });
 });

@@ -1,7 +1,7 @@
 import type { Media } from '../media.js';
 import type { ChangeAction, ChangeResult } from '../outcome.js';
 import { JOURNAL_NS } from '../ports.js';
-import { escapeXml } from './xml-tree.js';
+import { escapeXml, unescapeXml } from './xml-tree.js';
 
 /**
  * The command journal: which commands this drive has seen, kept in the domain's own
@@ -37,47 +37,64 @@ export interface DoneRecord {
 
 export type JournalRecord = PendingRecord | DoneRecord;
 
-const RECORD_RE = /<(?:[\w.-]+:)?command\b[^>]*>([A-Za-z0-9_=-]*)<\/(?:[\w.-]+:)?command>/g;
+const RECORD_RE = /<(?:[\w.-]+:)?command\b([^>]*)>([A-Za-z0-9_=-]*)<\/(?:[\w.-]+:)?command>/g;
+const ATTR_RE = /([\w:.-]+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
 
-/** A record's element, as read or first written: records are immutable. */
-const fragments = new WeakMap<JournalRecord, string>();
+/**
+ * One record as kept in memory: what `find` and the bounding need (its attributes) and
+ * its element as written; the JSON payload is decoded only when the record is asked for.
+ */
+interface Entry {
+  /** commandId, lower case */
+  readonly id: string;
+  readonly drive: string;
+  readonly status: JournalRecord['status'];
+  /** the record's element, as read or written */
+  readonly xml: string;
+  /** base64url JSON */
+  readonly payload: string;
+}
 
-function fragmentOf(r: JournalRecord, payload?: string): string {
-  let f = fragments.get(r);
-  if (f === undefined) {
-    const p = JOURNAL_NS.prefix;
-    const body = payload ?? Buffer.from(JSON.stringify(r), 'utf8').toString('base64url');
-    f = `<${p}:command id="${escapeXml(r.commandId)}" drive="${escapeXml(r.drive)}" status="${r.status}">${body}</${p}:command>`;
-    fragments.set(r, f);
+function entryOf(r: JournalRecord): Entry {
+  const p = JOURNAL_NS.prefix;
+  const payload = Buffer.from(JSON.stringify(r), 'utf8').toString('base64url');
+  const xml = `<${p}:command id="${escapeXml(r.commandId)}" drive="${escapeXml(r.drive)}" status="${r.status}">${payload}</${p}:command>`;
+  return { id: r.commandId.toLowerCase(), drive: r.drive, status: r.status, xml, payload };
+}
+
+function decode(e: Entry): JournalRecord | undefined {
+  try {
+    const rec = JSON.parse(Buffer.from(e.payload, 'base64url').toString('utf8')) as JournalRecord;
+    // A damaged record only costs the idempotency of that command.
+    return typeof rec === 'object' && rec !== null && typeof rec.commandId === 'string' && rec.drive === e.drive && rec.status === e.status ? rec : undefined;
+  } catch {
+    return undefined;
   }
-  return f;
 }
 
 export class Journal {
   private xml: string | undefined;
 
-  private constructor(private readonly records: readonly JournalRecord[]) {}
+  private constructor(private readonly entries: readonly Entry[]) {}
 
   /**
    * Each record is base64url JSON, so nothing in it needs XML escaping and reading it
    * back needs no XML parser: libvirt re-serialises the element, but never the payload.
+   * Only the records' attributes are read here; a payload is decoded when asked for.
    */
   static parse(xml: string | null): Journal {
     if (xml === null || xml.trim() === '') return new Journal([]);
-    const records: JournalRecord[] = [];
+    const entries: Entry[] = [];
     for (const m of xml.matchAll(RECORD_RE)) {
-      try {
-        const payload = m[1] ?? '';
-        const rec = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as JournalRecord;
-        if (typeof rec.commandId === 'string' && typeof rec.drive === 'string') {
-          fragmentOf(rec, payload);
-          records.push(rec);
-        }
-      } catch {
-        // A damaged record only costs the idempotency of that command; keep the rest.
-      }
+      const attrs = new Map<string, string>();
+      for (const a of (m[1] ?? '').matchAll(ATTR_RE)) attrs.set(a[1] as string, a[2] ?? a[3] ?? '');
+      const id = attrs.get('id');
+      const drive = attrs.get('drive');
+      const status = attrs.get('status');
+      if (id === undefined || drive === undefined || (status !== 'pending' && status !== 'done')) continue;
+      entries.push({ id: unescapeXml(id).toLowerCase(), drive: unescapeXml(drive), status, xml: m[0], payload: m[2] ?? '' });
     }
-    const journal = new Journal(records);
+    const journal = new Journal(entries);
     journal.xml = xml;
     return journal;
   }
@@ -87,30 +104,34 @@ export class Journal {
     if (this.xml !== undefined) return this.xml;
     const p = JOURNAL_NS.prefix;
     const open = `<${p}:${JOURNAL_NS.key} xmlns:${p}="${JOURNAL_NS.uri}"`;
-    const xml = this.records.length === 0 ? `${open}/>` : `${open}>${this.records.map((r) => fragmentOf(r)).join('')}</${p}:${JOURNAL_NS.key}>`;
+    const xml = this.entries.length === 0 ? `${open}/>` : `${open}>${this.entries.map((e) => e.xml).join('')}</${p}:${JOURNAL_NS.key}>`;
     this.xml = xml;
     return xml;
   }
 
   find(drive: string, commandId: string): JournalRecord | undefined {
     const id = commandId.toLowerCase();
-    return this.records.find((r) => r.drive === drive && r.commandId.toLowerCase() === id);
+    const e = this.entries.find((x) => x.drive === drive && x.id === id);
+    return e === undefined ? undefined : decode(e);
   }
 
   /** Replaces any record of the same command; older pending records of the drive go. */
   withPending(rec: Omit<PendingRecord, 'status'>): Journal {
-    const rest = this.records.filter((r) => !(r.drive === rec.drive && (r.status === 'pending' || r.commandId === rec.commandId)));
-    return new Journal([...rest, { status: 'pending', ...rec }]);
+    const id = rec.commandId.toLowerCase();
+    const rest = this.entries.filter((e) => !(e.drive === rec.drive && (e.status === 'pending' || e.id === id)));
+    return new Journal([...rest, entryOf({ status: 'pending', ...rec })]);
   }
 
+  /** Replaces the command's pending record; the drive keeps its last JOURNAL_DEPTH done ones. */
   withDone(rec: Omit<DoneRecord, 'status'>): Journal {
-    const rest = this.records.filter((r) => !(r.drive === rec.drive && r.commandId === rec.commandId));
-    const mine = rest.filter((r) => r.drive === rec.drive && r.status === 'done');
+    const id = rec.commandId.toLowerCase();
+    const rest = this.entries.filter((e) => !(e.drive === rec.drive && e.id === id));
+    const mine = rest.filter((e) => e.drive === rec.drive && e.status === 'done');
     const drop = new Set(mine.slice(0, Math.max(0, mine.length - (JOURNAL_DEPTH - 1))));
-    return new Journal([...rest.filter((r) => !drop.has(r)), { status: 'done', ...rec }]);
+    return new Journal([...rest.filter((e) => !drop.has(e)), entryOf({ status: 'done', ...rec })]);
   }
 
   get size(): number {
-    return this.records.length;
+    return this.entries.length;
   }
 }
