@@ -1,7 +1,7 @@
 import { toCdromError } from '../domain/errors.js';
 import type { Pdiv } from '../domain/media.js';
 import { VmMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
-import { OVIRT_VM_NS, type HypervisorPort, type StoragePort } from '../domain/ports.js';
+import { OVIRT_VM_NS, type DriveSource, type HypervisorPort, type StoragePort } from '../domain/ports.js';
 import { RECOVERY_ROWS, sourceHolds } from '../domain/recovery.js';
 import type { Logger } from '../infra/logging.js';
 import type { Settlement } from './cdrom.machine.js';
@@ -25,12 +25,21 @@ export interface ReconcileReport {
   readonly orphansTornDown: readonly Pdiv[];
 }
 
+/**
+ * What an adapter may add to the port: every CD-ROM of a domain with what it holds, from
+ * one read of the domain (LibvirtHypervisor: one XMLDesc instead of one per drive plus the
+ * list). Without it, listCdroms and readDrive per drive.
+ */
+export interface DrivesReader {
+  readDrives(vmId: string): Promise<ReadonlyMap<string, DriveSource | null>>;
+}
+
 export interface ReconcilerOptions {
-  readonly hypervisor: HypervisorPort;
+  readonly hypervisor: HypervisorPort & Partial<DrivesReader>;
   readonly storage: StoragePort;
   readonly drives: DriveRecovery;
   readonly log: Logger;
-  /** domains reconciled at once */
+  /** domains read at once, and drive recoveries in flight at once */
   readonly parallel?: number;
   /** background pass period; 0 disables it */
   readonly intervalMs?: number;
@@ -84,7 +93,12 @@ export class Reconciler {
   }
 
   private async pass(onlyVm: string | undefined): Promise<ReconcileReport> {
-    const { hypervisor } = this.opts;
+    const { hypervisor, storage } = this.opts;
+    // The orphan scan's list of active volumes (an LVM scan, the slowest read of a pass)
+    // is taken now, while the domains are read and recovered, rather than after. What
+    // makes reaping safe is only that the list predates the metadata and drive reads it
+    // is checked against (a flow writes its intent before it prepares): see reapOrphans.
+    const activeEarly = onlyVm === undefined ? storage.listActiveVolumes().then((v) => v, () => null) : null;
     const all = await hypervisor.listDomains();
     const filter = this.opts.domainFilter ?? null;
     const targets = all.filter(
@@ -94,80 +108,81 @@ export class Reconciler {
     let drives = 0;
     let actions = 0;
 
-    const queue = [...targets];
-    const worker = async (): Promise<void> => {
-      for (let d = queue.shift(); d !== undefined; d = queue.shift()) {
-        const vmId = d.vmId;
-        let cdroms: string[];
-        let md: VmMetadata;
-        try {
-          [cdroms, md] = await Promise.all([hypervisor.listCdroms(vmId), hypervisor.getMetadata(vmId, OVIRT_VM_NS).then((x) => VmMetadata.parse(x))]);
-        } catch (err) {
-          failed.push({ vmId, drive: null, message: toCdromError(err).message });
-          this.log.warn({ vmId, err }, 'cannot read domain; retried on the next pass');
-          continue;
-        }
-        for (const drive of cdroms) {
-          drives += 1;
-          // Only a drive whose metadata records a change in progress has anything to
-          // recover; a command that starts after this read writes its own intent first.
-          const dm = md.drive(drive);
-          if (dm.change === null && dm.entries.every((e) => e.state === null)) continue;
-          const s = await this.opts.drives.recover(vmId, drive);
-          if (s.kind !== 'recovered') continue;
-          if (s.error !== null) {
-            failed.push({ vmId, drive, message: s.error.message });
-            this.log.warn({ vmId, drive, err: s.error }, 'recovery failed; retried on the next pass');
-          } else if (s.report !== null && s.report.steps > 0) {
-            actions += s.report.steps;
-            this.opts.observe?.({ row: s.report.row, vmId, drive });
-            this.log.info({ vmId, drive, row: s.report.row, steps: s.report.steps, warnings: s.report.warnings }, 'recovered drive');
-          } else if (s.report !== null && s.report.row === RECOVERY_ROWS.unmatched) {
-            this.log.warn({ vmId, drive, row: s.report.row }, 'drive metadata left alone');
-          }
-        }
+    const recoverDrive = async (vmId: string, drive: string): Promise<void> => {
+      const s = await this.opts.drives.recover(vmId, drive);
+      if (s.kind !== 'recovered') return;
+      if (s.error !== null) {
+        failed.push({ vmId, drive, message: s.error.message });
+        this.log.warn({ vmId, drive, err: s.error }, 'recovery failed; retried on the next pass');
+      } else if (s.report !== null && s.report.steps > 0) {
+        actions += s.report.steps;
+        this.opts.observe?.({ row: s.report.row, vmId, drive });
+        this.log.info({ vmId, drive, row: s.report.row, steps: s.report.steps, warnings: s.report.warnings }, 'recovered drive');
+      } else if (s.report !== null && s.report.row === RECOVERY_ROWS.unmatched) {
+        this.log.warn({ vmId, drive, row: s.report.row }, 'drive metadata left alone');
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.opts.parallel ?? 8, Math.max(1, targets.length)) }, worker));
 
-    const orphansTornDown = onlyVm === undefined && failed.length === 0 ? await this.reapOrphans(all.map((d) => d.vmId)) : [];
+    // Reading domains and recovering drives are two bounded pools: a domain with a drive
+    // to recover does not hold up reading the next ones. Each recovery reads the drive
+    // again itself, under the drive's queue; this read only says which drives to queue.
+    const parallel = Math.max(1, this.opts.parallel ?? 8);
+    const reading = limiter(parallel);
+    const recovering = limiter(parallel);
+    const recoveries: Promise<void>[] = [];
+    await Promise.all(
+      targets.map((d) =>
+        reading(async () => {
+          const vmId = d.vmId;
+          let cdroms: string[];
+          let md: VmMetadata;
+          try {
+            [cdroms, md] = await Promise.all([hypervisor.listCdroms(vmId), hypervisor.getMetadata(vmId, OVIRT_VM_NS).then((x) => VmMetadata.parse(x))]);
+          } catch (err) {
+            failed.push({ vmId, drive: null, message: toCdromError(err).message });
+            this.log.warn({ vmId, err }, 'cannot read domain; retried on the next pass');
+            return;
+          }
+          for (const drive of cdroms) {
+            drives += 1;
+            // Only a drive whose metadata records a change in progress has anything to
+            // recover; a command that starts after this read writes its own intent first.
+            const dm = md.drive(drive);
+            if (dm.change === null && dm.entries.every((e) => e.state === null)) continue;
+            const recovery = recovering(() => recoverDrive(vmId, drive));
+            recovery.catch(() => undefined); // awaited below, after the reading; not unhandled meanwhile
+            recoveries.push(recovery);
+          }
+        }),
+      ),
+    );
+    await Promise.all(recoveries);
+
+    const orphansTornDown =
+      activeEarly !== null && failed.length === 0 ? await this.reapOrphans(all.map((d) => d.vmId), activeEarly, parallel) : [];
     return { domains: targets.length, drives, actions, failed, orphansTornDown };
   }
 
   /**
    * Volumes this worker activated that no drive holds and no metadata names (a flow in
    * progress writes its intent before it prepares, so it is never reaped from under it).
+   * `listed` was taken at the start of the pass; a volume torn down since (by a recovery
+   * of this pass, or a command) is checked again before it counts as an orphan.
    */
-  private async reapOrphans(vmIds: string[]): Promise<Pdiv[]> {
-    const { hypervisor, storage } = this.opts;
-    const active = await storage.listActiveVolumes();
+  private async reapOrphans(vmIds: string[], listed: Promise<Pdiv[] | null>, parallel: number): Promise<Pdiv[]> {
+    const { storage } = this.opts;
+    // a list that failed next to the recoveries is taken again, alone, as it used to be
+    const active = (await listed) ?? (await storage.listActiveVolumes());
     if (active.length === 0) return [];
-    const referenced = new Set<string>();
-    const sources: string[] = [];
-    for (const vmId of vmIds) {
-      try {
-        const md = VmMetadata.parse(await hypervisor.getMetadata(vmId, OVIRT_VM_NS));
-        for (const drive of md.driveNames()) {
-          const dm = md.drive(drive);
-          for (const e of dm.entries) if (e.pdiv !== null) referenced.add(e.pdiv.volumeID.toLowerCase());
-          if (dm.change?.pdiv) referenced.add(dm.change.pdiv.volumeID.toLowerCase());
-        }
-        for (const drive of await hypervisor.listCdroms(vmId)) {
-          const s = await hypervisor.readDrive(vmId, drive);
-          if (s !== null) sources.push(s.path);
-        }
-      } catch (err) {
-        // A domain we cannot read might use any volume: reap nothing this pass.
-        this.log.warn({ vmId, err }, 'cannot read domain; orphan reaping skipped');
-        return [];
-      }
-    }
-    const orphans = active.filter(
-      (p) => !referenced.has(p.volumeID.toLowerCase()) && !sources.some((path) => sourceHolds({ type: 'block', path }, p)),
+    const refs = await this.references(vmIds, parallel);
+    if (refs === null) return [];
+    const candidates = active.filter(
+      (p) => !refs.volumes.has(p.volumeID.toLowerCase()) && !refs.sources.some((path) => sourceHolds({ type: 'block', path }, p)),
     );
     const tornDown: Pdiv[] = [];
-    for (const p of orphans) {
+    for (const p of candidates) {
       try {
+        if ((await storage.volumeActivation(p)) !== 'active') continue;
         if ((await storage.teardownVolume(p)) === 'done') tornDown.push(p);
         else this.log.info({ volumeID: p.volumeID }, 'orphan volume in use elsewhere; left active');
       } catch (err) {
@@ -177,4 +192,63 @@ export class Reconciler {
     if (tornDown.length > 0) this.log.info({ volumes: tornDown.map((p) => p.volumeID) }, 'tore down orphan volumes');
     return tornDown;
   }
+
+  /**
+   * Every volume the metadata of `vmIds` names, and every drive's source, read now. Null
+   * when a domain cannot be read: it might use any volume, so nothing is reaped this pass.
+   */
+  private async references(vmIds: string[], parallel: number): Promise<{ volumes: Set<string>; sources: string[] } | null> {
+    const { hypervisor } = this.opts;
+    const volumes = new Set<string>();
+    const sources: string[] = [];
+    let unreadable = false;
+    const reading = limiter(parallel);
+    await Promise.all(
+      vmIds.map((vmId) =>
+        reading(async () => {
+          if (unreadable) return;
+          try {
+            const [md, held] = await Promise.all([hypervisor.getMetadata(vmId, OVIRT_VM_NS).then((x) => VmMetadata.parse(x)), this.drivesOf(vmId)]);
+            for (const drive of md.driveNames()) {
+              const dm = md.drive(drive);
+              for (const e of dm.entries) if (e.pdiv !== null) volumes.add(e.pdiv.volumeID.toLowerCase());
+              if (dm.change?.pdiv) volumes.add(dm.change.pdiv.volumeID.toLowerCase());
+            }
+            for (const s of held) if (s !== null) sources.push(s.path);
+          } catch (err) {
+            if (!unreadable) this.log.warn({ vmId, err }, 'cannot read domain; orphan reaping skipped');
+            unreadable = true;
+          }
+        }),
+      ),
+    );
+    return unreadable ? null : { volumes, sources };
+  }
+
+  /** What each CD-ROM of the domain holds now. */
+  private async drivesOf(vmId: string): Promise<(DriveSource | null)[]> {
+    const { hypervisor } = this.opts;
+    if (hypervisor.readDrives !== undefined) return [...(await hypervisor.readDrives(vmId)).values()];
+    const held: (DriveSource | null)[] = [];
+    for (const drive of await hypervisor.listCdroms(vmId)) held.push(await hypervisor.readDrive(vmId, drive));
+    return held;
+  }
+}
+
+/** Runs at most `n` of the functions given to it at once; the others wait their turn in order. */
+function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
+  let running = 0;
+  const waiting: (() => void)[] = [];
+  return async <T>(fn: () => Promise<T>): Promise<T> => {
+    if (running < n) running += 1;
+    else await new Promise<void>((resolve) => waiting.push(resolve));
+    try {
+      return await fn();
+    } finally {
+      // the slot passes straight to the next in line, if any
+      const next = waiting.shift();
+      if (next !== undefined) next();
+      else running -= 1;
+    }
+  };
 }

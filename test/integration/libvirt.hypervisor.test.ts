@@ -74,6 +74,14 @@ describe('LibvirtHypervisor specifics', () => {
     expect(await h.readDrive(transient.uuid, 'sdc')).toBeNull();
   });
 
+  it('reads every CD-ROM of a domain at once the way readDrive reads one', async () => {
+    await h.updateDevice(transient.uuid, 'sdc', { type: 'file', path: iso });
+    expect(await h.readDrives(transient.uuid)).toEqual(new Map([['sdc', { type: 'file', path: iso }]]));
+    await h.updateDevice(transient.uuid, 'sdc', null);
+    expect(await h.readDrives(transient.uuid)).toEqual(new Map([['sdc', null]]));
+    expect(await h.readDrive(transient.uuid, 'sdc')).toBeNull();
+  });
+
   it('leaves libvirt and QEMU agreeing after QEMU refused a medium', async () => {
     const dir = await vms.scratchDir();
     const bad = join(dir, 'dir-medium');

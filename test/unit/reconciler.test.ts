@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { OVIRT_VM_NS } from '../../src/domain/ports.js';
+import { OVIRT_VM_NS, type DriveSource } from '../../src/domain/ports.js';
 import { silentLogger } from '../../src/infra/logging.js';
-import { Reconciler } from '../../src/machines/reconciler.js';
+import type { Settlement } from '../../src/machines/cdrom.machine.js';
+import { Reconciler, type DrivesReader } from '../../src/machines/reconciler.js';
+import type { FakeHypervisor } from '../fakes/hypervisor.fake.js';
 import { blockPath } from '../fakes/storage.fake.js';
 import { EMPTY_MD, ISO_A, ISO_B, loadedMd, makeWorld } from '../support/world.js';
 
@@ -63,6 +65,63 @@ describe('reconciler', () => {
     expect(w.source()?.path).toBe(blockPath(ISO_B));
   });
 
+  it('does not count a volume this pass has recovered away as an orphan', async () => {
+    // The list of active volumes is taken when the pass starts; the recovery of the
+    // half-done change tears A down before the orphan check runs.
+    const w = makeWorld();
+    const changed = randomUUID();
+    w.hv.addVm(changed, { drives: { sdc: { type: 'block', path: blockPath(ISO_B) } }, metadata: { [OVIRT_VM_NS.uri]: fixture('changing') } });
+    w.storage.activate(ISO_A);
+    w.storage.activate(ISO_B);
+    const r = await reconcilerFor(w).reconcileAll();
+    expect(r.failed).toEqual([]);
+    expect(r.actions).toBeGreaterThan(0);
+    expect(r.orphansTornDown).toEqual([]);
+    expect(w.active()).toEqual([ISO_B.volumeID]);
+  });
+
+  it.each([false, true])('does not reap a volume a drive holds although no metadata names it (one read per domain: %s)', async (oneRead) => {
+    const w = makeWorld();
+    const holder = randomUUID();
+    w.hv.addVm(holder, { drives: { sdc: { type: 'block', path: blockPath(ISO_A) } }, metadata: { [OVIRT_VM_NS.uri]: EMPTY_MD } });
+    w.storage.activate(ISO_A);
+    w.storage.activate(ISO_B);
+    const reads = w.hv.calls.readDrive;
+    const hypervisor = oneRead ? withReadDrives(w.hv) : w.hv;
+    const r = await new Reconciler({ hypervisor, storage: w.storage, drives: w.registry, log: silentLogger() }).reconcileAll();
+    expect(r.orphansTornDown.map((p) => p.volumeID)).toEqual([ISO_B.volumeID]);
+    expect(w.active()).toEqual([ISO_A.volumeID]);
+    // the reaper reads what both domains' drives hold: one readDrive each, or none
+    expect(w.hv.calls.readDrive - reads).toBe(oneRead ? 0 : 2);
+  });
+
+  it('keeps reading domains while a drive recovery is waiting', async () => {
+    const w = makeWorld();
+    const stuck = randomUUID();
+    w.hv.addVm(stuck, { drives: { sdc: null }, metadata: { [OVIRT_VM_NS.uri]: fixture('ejecting') } });
+    for (let i = 0; i < 5; i++) w.hv.addVm(randomUUID(), { metadata: { [OVIRT_VM_NS.uri]: EMPTY_MD } });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let started = 0;
+    const drives = {
+      recover: async (vmId: string, drive: string): Promise<Settlement> => {
+        started += 1;
+        await gate;
+        return w.registry.recover(vmId, drive);
+      },
+    };
+    const reads = w.hv.calls.getMetadata;
+    const pass = new Reconciler({ hypervisor: w.hv, storage: w.storage, drives, log: silentLogger(), parallel: 1 }).reconcileAll();
+    await new Promise((r) => setTimeout(r, 20));
+    // one domain at a time, and yet all 7 were read while the recovery waits
+    expect(started).toBe(1);
+    expect(w.hv.calls.getMetadata - reads).toBe(7);
+    release();
+    const r = await pass;
+    expect(r).toMatchObject({ domains: 7, drives: 7, failed: [] });
+    expect(await w.hv.getMetadata(stuck, OVIRT_VM_NS)).not.toContain('state=');
+  });
+
   it('with a domain filter, recovers only the domains whose name matches', async () => {
     const w = makeWorld();
     const mine = randomUUID();
@@ -98,3 +157,13 @@ describe('reconciler', () => {
     expect(md).toContain('<ovirt-vm:clusterVersion>4.5</ovirt-vm:clusterVersion>');
   });
 });
+
+/** The fake with the optional one-read DrivesReader the libvirt adapter has. */
+function withReadDrives(hv: FakeHypervisor): FakeHypervisor & DrivesReader {
+  return Object.assign(Object.create(hv) as FakeHypervisor, {
+    async readDrives(vmId: string): Promise<ReadonlyMap<string, DriveSource | null>> {
+      const drives = await hv.listCdroms(vmId);
+      return new Map(drives.map((d) => [d, hv.sourceOf(vmId, d)]));
+    },
+  });
+}
