@@ -68,7 +68,7 @@ interface Context extends DriveRef {
 }
 
 const asError = (err: unknown): ErrorInfo => toCdromError(err).toInfo();
-/** The error of an invoked effect's error event (named guards and actions see any event). */
+/** The error of a `step.error` event (named guards and actions see any event). */
 const errorOf = (event: unknown): unknown => (event as { error?: unknown }).error;
 const isRetryable = (err: unknown): boolean => toCdromError(err).retryable;
 /** A hang is reported as TIMEOUT whatever the step, any other failure under the step's own code. */
@@ -519,26 +519,27 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
   });
 }
 
+/** The fixed edits of the named writes; `begin` and `finish` depend on the flow. */
+const EDITS = {
+  clearLoading: [{ op: 'clear-state', state: 'loading' }],
+  clearEjecting: [{ op: 'clear-state', state: 'ejecting' }],
+  removeLoadingSpec: [{ op: 'remove', state: 'loading' }],
+  removeEjectedSpec: [{ op: 'remove', state: 'ejecting' }],
+  undoSpecs: [
+    { op: 'remove', state: 'loading' },
+    { op: 'clear-state', state: 'ejecting' },
+  ],
+} as const satisfies Record<Exclude<EditSet, 'begin' | 'finish'>, readonly MetadataEdit[]>;
+
 /** The metadata edits of each named write, from the flow's context. */
-function editsOf(set: EditSet, ctx: Context): MetadataEdit[] {
+function editsOf(set: EditSet, ctx: Context): readonly MetadataEdit[] {
   switch (set) {
     case 'begin':
       return beginEdits(ctx);
-    case 'clearLoading':
-      return [{ op: 'clear-state', state: 'loading' }];
-    case 'clearEjecting':
-      return [{ op: 'clear-state', state: 'ejecting' }];
-    case 'removeLoadingSpec':
-      return [{ op: 'remove', state: 'loading' }];
-    case 'removeEjectedSpec':
-      return [{ op: 'remove', state: 'ejecting' }];
-    case 'undoSpecs':
-      return [
-        { op: 'remove', state: 'loading' },
-        { op: 'clear-state', state: 'ejecting' },
-      ];
     case 'finish':
       return finishEdits(ctx);
+    default:
+      return EDITS[set];
   }
 }
 
@@ -550,14 +551,13 @@ function journalRecord(ctx: Context, kind: 'pending' | 'completed' | 'failed'): 
 }
 
 /** The flow's final metadata write: the one that removes `state`. */
-function finishEdits(ctx: Context): MetadataEdit[] {
+function finishEdits(ctx: Context): readonly MetadataEdit[] {
   switch (ctx.action) {
     case 'load':
-      return [{ op: 'clear-state', state: 'loading' }];
+      return EDITS.clearLoading;
     case 'eject':
-      return [{ op: 'remove', state: 'ejecting' }];
     case 'change':
-      return [{ op: 'remove', state: 'ejecting' }];
+      return EDITS.removeEjectedSpec;
     case 'none':
       return [];
   }
