@@ -1,5 +1,6 @@
 import { createActor, type Actor } from 'xstate';
 import type { ChangeCdCommand } from '../contracts/schemas.js';
+import { limiter } from '../domain/limiter.js';
 import { driveKey } from '../domain/media.js';
 import type { Execution } from '../domain/outcome.js';
 import type { Logger } from '../infra/logging.js';
@@ -49,8 +50,8 @@ interface Slot {
 export class DriveRegistry implements CommandExecutor {
   private readonly machine: CdromMachine;
   private readonly slots = new Map<string, Slot>();
-  private readonly waiting: (() => void)[] = [];
-  private inFlight = 0;
+  /** at most `concurrency` commands of all drives at once */
+  private readonly limit: <T>(fn: () => Promise<T>) => Promise<T>;
   private closed = false;
   private readonly now: () => Date;
   private readonly log: Logger;
@@ -62,6 +63,7 @@ export class DriveRegistry implements CommandExecutor {
 
   constructor(private readonly opts: RegistryOptions) {
     this.machine = createCdromMachine(opts.activities, { stepTimeoutMs: opts.stepTimeoutMs });
+    this.limit = limiter(opts.concurrency);
     this.now = opts.now ?? (() => new Date());
     this.log = opts.log.child({ component: 'registry' });
     this.idleTtlMs = opts.idleTtlMs ?? 5_000;
@@ -157,16 +159,16 @@ export class DriveRegistry implements CommandExecutor {
     slot.running = true;
     try {
       for (let job = slot.queue.shift(); job !== undefined; job = slot.queue.shift()) {
-        await this.acquire();
-        try {
+        const { makeEvent } = job;
+        const done = await this.limit(async () => {
           const startedAt = this.now();
-          const settlement = await this.run(slot, job.makeEvent(startedAt));
+          const settlement = await this.run(slot, makeEvent(startedAt));
           const finishedAt = this.now();
           this.opts.observe?.({ vmId: slot.vmId, drive: slot.drive, settlement, durationMs: finishedAt.getTime() - startedAt.getTime() });
-          job.resolve({ settlement, startedAt, finishedAt });
-        } finally {
-          this.release();
-        }
+          return { settlement, startedAt, finishedAt };
+        });
+        // resolved here, so the bookkeeping below (idle or next job) runs before the caller resumes
+        job.resolve(done);
       }
     } finally {
       slot.running = false;
@@ -197,18 +199,5 @@ export class DriveRegistry implements CommandExecutor {
       });
       actor.send(event);
     });
-  }
-
-  private acquire(): Promise<void> {
-    if (this.inFlight < this.opts.concurrency) {
-      this.inFlight += 1;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => this.waiting.push(() => { this.inFlight += 1; resolve(); }));
-  }
-
-  private release(): void {
-    this.inFlight -= 1;
-    this.waiting.shift()?.();
   }
 }

@@ -2,6 +2,7 @@ import { toCdromError } from '../domain/errors.js';
 import type { Pdiv } from '../domain/media.js';
 import { VmMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
 import { OVIRT_VM_NS, type DriveSource, type HypervisorPort, type StoragePort } from '../domain/ports.js';
+import { limiter } from '../domain/limiter.js';
 import { RECOVERY_ROWS, sourceHolds } from '../domain/recovery.js';
 import type { Logger } from '../infra/logging.js';
 import type { Settlement } from './cdrom.machine.js';
@@ -233,22 +234,4 @@ export class Reconciler {
     for (const drive of await hypervisor.listCdroms(vmId)) held.push(await hypervisor.readDrive(vmId, drive));
     return held;
   }
-}
-
-/** Runs at most `n` of the functions given to it at once; the others wait their turn in order. */
-function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
-  let running = 0;
-  const waiting: (() => void)[] = [];
-  return async <T>(fn: () => Promise<T>): Promise<T> => {
-    if (running < n) running += 1;
-    else await new Promise<void>((resolve) => waiting.push(resolve));
-    try {
-      return await fn();
-    } finally {
-      // the slot passes straight to the next in line, if any
-      const next = waiting.shift();
-      if (next !== undefined) next();
-      else running -= 1;
-    }
-  };
 }
