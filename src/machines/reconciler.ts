@@ -3,7 +3,7 @@ import type { Pdiv } from '../domain/media.js';
 import { VmMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
 import { OVIRT_VM_NS, type DriveSource, type HypervisorPort, type StoragePort } from '../domain/ports.js';
 import { limiter } from '../domain/limiter.js';
-import { RECOVERY_ROWS, sourceHolds } from '../domain/recovery.js';
+import { RECOVERY_ROWS, sourceHolds, volumesToCheck } from '../domain/recovery.js';
 import type { Logger } from '../infra/logging.js';
 import type { Settlement } from './cdrom.machine.js';
 
@@ -210,11 +210,7 @@ export class Reconciler {
           if (unreadable) return;
           try {
             const [md, held] = await Promise.all([hypervisor.getMetadata(vmId, OVIRT_VM_NS).then((x) => VmMetadata.parse(x)), this.drivesOf(vmId)]);
-            for (const drive of md.driveNames()) {
-              const dm = md.drive(drive);
-              for (const e of dm.entries) if (e.pdiv !== null) volumes.add(e.pdiv.volumeID.toLowerCase());
-              if (dm.change?.pdiv) volumes.add(dm.change.pdiv.volumeID.toLowerCase());
-            }
+            for (const drive of md.driveNames()) for (const p of volumesToCheck(md.drive(drive))) volumes.add(p.volumeID.toLowerCase());
             for (const s of held) if (s !== null) sources.push(s.path);
           } catch (err) {
             if (!unreadable) this.log.warn({ vmId, err }, 'cannot read domain; orphan reaping skipped');
