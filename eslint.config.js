@@ -19,5 +19,10 @@ export default tseslint.config(
     },
   },
   { files: ['src/cli/**', 'scripts/**', 'bench/**'], rules: { 'no-console': 'off' } },
+  {
+    // Dependencies point one way (STYLE.md): machines and domain see ports, never adapters.
+    files: ['src/machines/**', 'src/domain/**'],
+    rules: { 'no-restricted-imports': ['error', { patterns: [{ group: ['**/infra/**', '**/consumers/**', 'amqplib', 'pino'], message: 'machines and domain depend on src/domain ports only' }] }] },
+  },
   { files: ['eslint.config.js'], ...tseslint.configs.disableTypeChecked },
 );

@@ -1,9 +1,7 @@
 import { CdromError, type ErrorCode } from '../domain/errors.js';
+import { FAILPOINTS, NO_FAILPOINTS, type Failpoint, type FailpointAction, type Failpoints } from '../domain/failpoints.js';
 
-/** CONTRACT.md section 7: test-only hooks that crash the process or fail a step. */
-export const FAILPOINTS = ['metadata-begin', 'prepare', 'libvirt-update', 'teardown', 'metadata-finish', 'before-ack'] as const;
-export type Failpoint = (typeof FAILPOINTS)[number];
-export type FailpointAction = 'crash' | 'error';
+export { FAILPOINTS, NO_FAILPOINTS, type Failpoint, type FailpointAction, type Failpoints };
 
 /** The error a step throws under `<point>:error`, as if the real operation failed. */
 const ERROR_OF: Record<Failpoint, ErrorCode> = {
@@ -14,15 +12,6 @@ const ERROR_OF: Record<Failpoint, ErrorCode> = {
   'metadata-finish': 'INTERNAL',
   'before-ack': 'INTERNAL',
 };
-
-export interface Failpoints {
-  /** Call where the step would run: throws under `error`. */
-  before(point: Failpoint): void;
-  /** Call right after the step succeeded: exits with 137 under `crash`. */
-  after(point: Failpoint): void;
-}
-
-export const NO_FAILPOINTS: Failpoints = { before: () => undefined, after: () => undefined };
 
 export function parseFailpoints(spec: string): Map<Failpoint, FailpointAction> {
   const out = new Map<Failpoint, FailpointAction>();

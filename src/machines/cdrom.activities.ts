@@ -5,7 +5,7 @@ import { Journal, type JournalRecord, type PendingRecord, type DoneRecord } from
 import { VmMetadata, type CdState, type DriveMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
 import { JOURNAL_NS, OVIRT_VM_NS, type MetadataNamespace, type DriveSource, type HypervisorPort, type PreparedVolume, type StoragePort, type TeardownResult } from '../domain/ports.js';
 import { decideRecovery, sourceHolds, volumesToCheck, type RecoveryRow } from '../domain/recovery.js';
-import { NO_FAILPOINTS, type Failpoint, type Failpoints } from '../infra/failpoints.js';
+import { NO_FAILPOINTS, type Failpoint, type Failpoints } from '../domain/failpoints.js';
 
 /**
  * The side effects of the CD-ROM machine ("activities"), made from injected ports. The

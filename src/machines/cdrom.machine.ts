@@ -5,7 +5,7 @@ import { isPdiv, sameMedia, type Media } from '../domain/media.js';
 import type { DoneRecord, PendingRecord } from '../domain/metadata/journal.metadata.js';
 import { actionFor, type Attempt, type ChangeAction, type ChangeResult } from '../domain/outcome.js';
 import type { DriveSource, PreparedVolume, TeardownResult } from '../domain/ports.js';
-import type { Failpoint } from '../infra/failpoints.js';
+import type { Failpoint } from '../domain/failpoints.js';
 import type { Activities, DriveRef, Inspection, MetadataEdit, RecoveryReport } from './cdrom.activities.js';
 import { Deadlines, StepRunner } from './step-runner.js';
 

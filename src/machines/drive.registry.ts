@@ -3,7 +3,7 @@ import type { ChangeCdCommand } from '../contracts/schemas.js';
 import { limiter } from '../domain/limiter.js';
 import { driveKey } from '../domain/media.js';
 import type { Execution } from '../domain/outcome.js';
-import type { Logger } from '../infra/logging.js';
+import type { Logger } from '../domain/logger.js';
 import type { Activities } from './cdrom.activities.js';
 import { createCdromMachine, type CdromEvent, type CdromMachine, type Settlement } from './cdrom.machine.js';
 import type { CommandExecutor } from './executor.js';

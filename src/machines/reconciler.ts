@@ -4,7 +4,7 @@ import { VmMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
 import { OVIRT_VM_NS, type DriveSource, type HypervisorPort, type StoragePort } from '../domain/ports.js';
 import { limiter } from '../domain/limiter.js';
 import { RECOVERY_ROWS, sourceHolds, volumesToCheck } from '../domain/recovery.js';
-import type { Logger } from '../infra/logging.js';
+import type { Logger } from '../domain/logger.js';
 import type { Settlement } from './cdrom.machine.js';
 
 /**

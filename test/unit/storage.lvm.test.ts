@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { KeyedMutex } from '../../src/infra/storage/keyed-mutex.js';
+import { KeyedMutex } from '../../src/domain/keyed-mutex.js';
 import { devNoOf } from '../../src/infra/storage/loop-devices.js';
 import { lvmConfig, parsePvSegments, validateLvmFilter, volumesOf, type PvSegment } from '../../src/infra/storage/lvm.command.js';
 import { IMAGE, LV, OTHER_LV, PVS_EMPTY, VG, pvsSegments } from './storage.lvm-fixtures.js';

@@ -4,7 +4,7 @@ import { UUID_RE, describeMedia, isLegacyPath, type Media, type Pdiv } from '../
 import type { PreparedVolume, StoragePort, TeardownResult, VolumeActivation } from '../../domain/ports.js';
 import { checkDeadline, withDeadline } from './deadline.js';
 import type { FileDomains } from './file.storage.js';
-import { KeyedMutex } from './keyed-mutex.js';
+import { KeyedMutex } from '../../domain/keyed-mutex.js';
 import type { LegacyPaths } from './legacy-path.js';
 import type { BlockDomains } from './lvm.storage.js';
 import { notFound, storageError } from './storage.errors.js';
