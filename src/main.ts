@@ -6,7 +6,7 @@ import { instrumentActivities } from './infra/instrumented-activities.js';
 import { startHttpServer, type HealthState, type HttpServer } from './infra/http.js';
 import { createLogger, type Logger } from './infra/logging.js';
 import { createMetrics, type Metrics } from './infra/metrics.js';
-import type { CommandExecutor } from './machines/executor.js';
+import { inPlace, isCommandExecutor, type AttemptExecutor, type CommandExecutor } from './machines/executor.js';
 
 /**
  * The composition root: config → logger → adapters → executor → consumer. The only
@@ -23,7 +23,8 @@ export interface WorkerDeps {
 
 /** What the machines give the bus. */
 export interface WorkerParts {
-  readonly executor: CommandExecutor;
+  /** The machines' executor; a one-attempt executor (the bus tests' fakes) is retried in place. */
+  readonly executor: CommandExecutor | AttemptExecutor;
   /** Startup recovery of every domain on this host; readiness waits for it. */
   readonly recover?: () => Promise<void>;
   /** Releases the adapters (libvirt connection, …) after the bus is closed. */
@@ -38,20 +39,25 @@ export type WorkerFactory = (deps: WorkerDeps) => Promise<WorkerParts>;
  * the CLI tools and the bus tests never load the native libvirt addon.
  */
 export const createRealWorkerParts: WorkerFactory = async ({ config, logger, metrics, failpoints }) => {
-  const [{ LibvirtHypervisor }, { createStorage }, { createActivities }, { DriveRegistry }, { Reconciler }] = await Promise.all([
+  const [{ LibvirtHypervisor }, { createStorage }, { createActivities }, { DriveRegistry }, { Reconciler }, { VolumeClaims }] = await Promise.all([
     import('./infra/libvirt/libvirt.hypervisor.js'),
     import('./infra/storage/index.js'),
     import('./machines/cdrom.activities.js'),
     import('./machines/drive.registry.js'),
     import('./machines/reconciler.js'),
+    import('./domain/volume-claims.js'),
   ]);
-  const hypervisor = await LibvirtHypervisor.open({ uri: config.libvirtUri, logger });
+  const hypervisor = await LibvirtHypervisor.open({ uri: config.libvirtUri, logger, callTimeoutMs: config.stepTimeoutMs });
   const storage = createStorage({ storageRoot: config.storageRoot, activation: config.lvmActivation, isoDirs: config.isoDirs, logger });
+  const claims = new VolumeClaims();
   const registry = new DriveRegistry({
-    activities: instrumentActivities(createActivities({ hypervisor, storage, failpoints }), metrics, { log: logger, storage }),
+    activities: instrumentActivities(createActivities({ hypervisor, storage, failpoints, claims }), metrics, { log: logger, storage }),
     concurrency: config.concurrency,
     stepTimeoutMs: config.stepTimeoutMs,
+    retry: config.retry,
+    claims,
     log: logger,
+    onRetry: () => metrics.retries.inc(),
     observe: ({ settlement, durationMs }) => {
       if (settlement.kind === 'result') metrics.commandDuration.observe({ action: settlement.result.action, outcome: settlement.result.outcome }, durationMs / 1000);
     },
@@ -65,8 +71,10 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
     log: logger,
     intervalMs: config.reconcileIntervalMs,
     domainFilter: config.domainFilter,
+    claims,
     observe: ({ row }) => metrics.recoveryActions.inc({ row }),
   });
+  metrics.countHungCalls(() => registry.hungCalls + hypervisor.hungCalls);
   return {
     executor: registry,
     recover: async () => {
@@ -139,12 +147,13 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       }
     },
   });
+  const executor = isCommandExecutor(parts.executor) ? parts.executor : inPlace(parts.executor, config.retry, () => metrics.retries.inc());
   const consumer = new CommandConsumer({
     bus,
     hostId: config.hostId,
     concurrency: config.concurrency,
     declareTopology: config.declareTopology,
-    executor: parts.executor,
+    executor,
     retry: config.retry,
     logger,
     failpoints,
@@ -162,7 +171,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       health.ready = false;
       await consumer.stop();
       try {
-        await parts.executor.drain(config.drainTimeoutMs);
+        await executor.drain(config.drainTimeoutMs);
       } catch (err) {
         log.warn({ err }, 'drain did not finish; unfinished commands will be redelivered');
       }

@@ -34,7 +34,7 @@ export async function openHostAdapters(config: Config, verbose: boolean): Promis
   ]);
   // Logs go to stderr so that stdout carries only the report.
   const logger = createLogger({ level: verbose ? config.logLevel : 'warn', destination: process.stderr }).child({ hostId: config.hostId });
-  const hypervisor = await LibvirtHypervisor.open({ uri: config.libvirtUri, logger });
+  const hypervisor = await LibvirtHypervisor.open({ uri: config.libvirtUri, logger, callTimeoutMs: config.stepTimeoutMs });
   const storage = createStorage({ storageRoot: config.storageRoot, activation: config.lvmActivation, isoDirs: config.isoDirs, logger });
   return { hypervisor, storage, logger };
 }

@@ -3,7 +3,6 @@ import { decodeCommand } from '../contracts/command.decode.js';
 import type { ChangeCdCommand } from '../contracts/schemas.js';
 import type { RetryConfig } from '../config.js';
 import type { ErrorInfo } from '../domain/errors.js';
-import type { Attempt, Execution } from '../domain/outcome.js';
 import { NO_FAILPOINTS, type Failpoints } from '../infra/failpoints.js';
 import type { Logger } from '../infra/logging.js';
 import type { Metrics } from '../infra/metrics.js';
@@ -27,7 +26,8 @@ export interface CommandConsumerDeps {
   readonly onAttached?: () => void;
 }
 
-type Settle = 'ack' | 'leave';
+/** `ack`: acknowledge now; `done`: already acknowledged; `leave`: left for redelivery. */
+type Settle = 'ack' | 'done' | 'leave';
 
 /**
  * Consumes `cdrom.commands.<hostId>`: decode → execute → event (confirmed) → ack.
@@ -43,7 +43,6 @@ export class CommandConsumer {
   private consumer: { channel: Channel; tag: string; session: BusSession } | null = null;
   private inFlight = 0;
   private idleWaiters: Array<() => void> = [];
-  private readonly backoffs = new Set<() => void>();
 
   constructor(private readonly deps: CommandConsumerDeps) {
     this.log = deps.logger.child({ component: 'commands-consumer' });
@@ -72,7 +71,6 @@ export class CommandConsumer {
   /** Stop taking new messages; messages waiting for a retry are left to be redelivered. */
   async stop(): Promise<void> {
     this.stopping = true;
-    for (const wake of this.backoffs) wake();
     const c = this.consumer;
     this.consumer = null;
     if (c && c.session.alive) await c.channel.cancel(c.tag).catch(() => undefined);
@@ -99,7 +97,7 @@ export class CommandConsumer {
     if (this.stopping) return;
     this.inFlight++;
     this.deps.metrics?.inFlight.inc();
-    this.handle(msg)
+    this.handle(session, ch, msg)
       .then((settle) => {
         if (settle === 'ack') this.ack(session, ch, msg);
       })
@@ -132,7 +130,7 @@ export class CommandConsumer {
     }
   }
 
-  private async handle(msg: ConsumeMessage): Promise<Settle> {
+  private async handle(session: BusSession, ch: Channel, msg: ConsumeMessage): Promise<Settle> {
     const reply: ReplyTarget = { replyTo: optString(msg.properties.replyTo), correlationId: optString(msg.properties.correlationId) };
     const decoded = decodeCommand(msg.content);
     if (!decoded.ok) {
@@ -146,78 +144,44 @@ export class CommandConsumer {
       this.deps.metrics?.deadLettered.inc({ reason: 'rejected' });
       return 'ack';
     }
-    return this.run(decoded.command, msg, reply);
+    return this.run(decoded.command, msg, reply, session, ch);
   }
 
-  private async run(cmd: ChangeCdCommand, msg: ConsumeMessage, reply: ReplyTarget): Promise<Settle> {
+  /**
+   * Hands the command to its drive's line. The executor retries it in place and calls
+   * `settle` inside the drive's turn: the event (confirmed), the dead letter when the
+   * budget is spent, then the ack, so the drive's next command starts only after all that.
+   */
+  private async run(cmd: ChangeCdCommand, msg: ConsumeMessage, reply: ReplyTarget, session: BusSession, ch: Channel): Promise<Settle> {
     // bound per call, not with a child logger per command (a child serialises its bindings up front)
     const ids = { commandId: cmd.commandId, vmId: cmd.vmId, drive: cmd.drive };
-    const { limit } = this.deps.retry;
-    // Deliveries that ended without an ack (crash, lost broker) count against the budget,
-    // so a message that keeps killing the worker ends in the dead letters too.
-    let attempts = previousDeliveries(msg);
-    const startedAt = new Date();
-    let lastAttempt: Attempt | undefined;
-    let lastError: ErrorInfo = { code: 'INTERNAL', message: `delivered ${attempts} times without an outcome (worker crashed or lost the broker)`, retryable: true };
-    while (attempts <= limit) {
-      if (this.stopping) return 'leave';
-      const exec = await this.execute(cmd);
-      if (exec.kind === 'result') {
-        await this.events.publish(resultEvent(this.deps.hostId, cmd, exec.result, exec.startedAt, exec.finishedAt), reply);
-        const r = exec.result;
-        this.log.info(
-          { ...ids, outcome: r.outcome, action: r.action, replayed: exec.replayed, durationMs: exec.finishedAt.getTime() - exec.startedAt.getTime(), warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined },
-          'command finished',
-        );
-        this.deps.metrics?.commands.inc({ outcome: exec.result.outcome, action: exec.result.action });
+    const outcome = await this.deps.executor.submit(cmd, {
+      priorAttempts: previousDeliveries(msg),
+      live: () => !this.stopping && session.alive,
+      settle: async (final) => {
+        if (final.kind === 'result') {
+          await this.events.publish(resultEvent(this.deps.hostId, cmd, final.result, final.startedAt, final.finishedAt), reply);
+          const r = final.result;
+          this.log.info(
+            { ...ids, outcome: r.outcome, action: r.action, replayed: final.replayed, durationMs: final.finishedAt.getTime() - final.startedAt.getTime(), warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined },
+            'command finished',
+          );
+          this.deps.metrics?.commands.inc({ outcome: r.outcome, action: r.action });
+        } else {
+          this.log.error({ ...ids, err: final.error, attempts: final.attempts, limit: this.deps.retry.limit }, 'retry budget exhausted; dead-lettering');
+          await Promise.all([
+            this.events.publish(exhaustedEvent(this.deps.hostId, cmd, final.error, final.startedAt, final.finishedAt, final.attempt), reply),
+            this.deadLetter(msg, final.error),
+          ]);
+          this.deps.metrics?.commands.inc({ outcome: 'failed', action: final.attempt?.action ?? 'none' });
+          this.deps.metrics?.deadLettered.inc({ reason: 'retries-exhausted' });
+        }
         this.failpoints.after('before-ack');
-        return 'ack';
-      }
-      lastError = exec.error;
-      lastAttempt = exec.attempt ?? lastAttempt;
-      attempts++;
-      if (attempts > limit) break;
-      const delay = this.backoff(attempts);
-      this.log.warn({ ...ids, err: exec.error, attempt: attempts, limit, retryInMs: delay }, 'command hit infrastructure trouble; retrying');
-      this.deps.metrics?.retries.inc();
-      await this.sleep(delay);
-    }
-    this.log.error({ ...ids, err: lastError, attempts, limit }, 'retry budget exhausted; dead-lettering');
-    await Promise.all([
-      this.events.publish(exhaustedEvent(this.deps.hostId, cmd, lastError, startedAt, new Date(), lastAttempt), reply),
-      this.deadLetter(msg, lastError),
-    ]);
-    this.deps.metrics?.commands.inc({ outcome: 'failed', action: lastAttempt?.action ?? 'none' });
-    this.deps.metrics?.deadLettered.inc({ reason: 'retries-exhausted' });
-    return 'ack';
-  }
-
-  private async execute(cmd: ChangeCdCommand): Promise<Execution> {
-    try {
-      return await this.deps.executor.execute(cmd);
-    } catch (err) {
-      // The executor promises never to reject; if it does, its outcome is unknown.
-      return { kind: 'retry', error: { code: 'INTERNAL', message: err instanceof Error ? err.message : String(err), retryable: true } };
-    }
-  }
-
-  /** Exponential backoff with ±20 % jitter so retries of many commands do not align. */
-  private backoff(attempt: number): number {
-    const { baseDelayMs, maxDelayMs } = this.deps.retry;
-    const d = Math.min(maxDelayMs, baseDelayMs * 2 ** (attempt - 1));
-    return Math.round(d * (0.8 + Math.random() * 0.4));
-  }
-
-  private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const wake = (): void => {
-        clearTimeout(t);
-        this.backoffs.delete(wake);
-        resolve();
-      };
-      const t = setTimeout(wake, ms);
-      this.backoffs.add(wake);
+        this.ack(session, ch, msg);
+      },
     });
+    // settled: acked inside the turn; abandoned: left unacked for redelivery
+    return outcome === 'settled' ? 'done' : 'leave';
   }
 
   /** The original message, body and properties unchanged, plus why, to cdrom.dead. */

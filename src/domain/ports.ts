@@ -33,7 +33,9 @@ export interface MetadataNamespace {
 export type DomainEvent =
   | { readonly kind: 'lifecycle'; readonly vmId: string; readonly event: 'started' | 'resumed' | 'stopped' | 'defined' | 'undefined' | 'other' }
   | { readonly kind: 'tray-change'; readonly vmId: string; readonly device: string; readonly open: boolean }
-  | { readonly kind: 'metadata-change'; readonly vmId: string; readonly nsUri: string | null };
+  | { readonly kind: 'metadata-change'; readonly vmId: string; readonly nsUri: string | null }
+  /** the hypervisor connection came back after a loss: events may have been missed */
+  | { readonly kind: 'reconnected' };
 
 export interface HypervisorPort {
   /** The drive's current source. Throws VM_NOT_FOUND, DRIVE_NOT_FOUND. */

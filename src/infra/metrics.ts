@@ -17,6 +17,10 @@ export interface Metrics {
   readonly stepDuration: Histogram<'step' | 'result'>;
   /** Block volumes active on this host, as the storage adapter last listed them. */
   readonly activeVolumes: Gauge;
+  /** Calls past CDROM_STEP_TIMEOUT_MS that have not returned (CONTRACT §9); set on scrape. */
+  readonly hungCalls: Gauge;
+  /** Where `hungCalls` reads its value at each scrape. */
+  countHungCalls(source: () => number): void;
 }
 
 /** The steps of a flow that `stepDuration` times; one per effect port call. */
@@ -25,6 +29,7 @@ export type Step = (typeof STEPS)[number];
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
   const registry = new Registry();
+  let hungSource = (): number => 0;
   if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'cdrom_worker_' });
   return {
     registry,
@@ -43,6 +48,17 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
     retries: new Counter({ name: 'cdrom_command_retries_total', help: 'retryable failures that were tried again', registers: [registry] }),
     inFlight: new Gauge({ name: 'cdrom_commands_in_flight', help: 'commands received and not yet acknowledged', registers: [registry] }),
     brokerConnected: new Gauge({ name: 'cdrom_broker_connected', help: '1 while connected to the broker', registers: [registry] }),
+    hungCalls: new Gauge({
+      name: 'cdrom_hung_calls',
+      help: 'libvirt and storage calls past CDROM_STEP_TIMEOUT_MS that have not returned (the drives they are on are held)',
+      registers: [registry],
+      collect() {
+        this.set(hungSource());
+      },
+    }),
+    countHungCalls: (source) => {
+      hungSource = source;
+    },
     commandDuration: new Histogram({
       name: 'cdrom_command_duration_seconds',
       help: 'time a command spent on its drive, by action and outcome',

@@ -1,9 +1,10 @@
 import { CdromError, toCdromError, type WarningInfo } from '../domain/errors.js';
 import { KeyedMutex } from '../domain/keyed-mutex.js';
-import { isPdiv, type Media, type Pdiv } from '../domain/media.js';
+import { driveKey, isPdiv, type Media, type Pdiv } from '../domain/media.js';
 import { Journal, type JournalRecord, type PendingRecord, type DoneRecord } from '../domain/metadata/journal.metadata.js';
 import { VmMetadata, type CdState, type DriveMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
 import { JOURNAL_NS, OVIRT_VM_NS, type MetadataNamespace, type DriveSource, type HypervisorPort, type PreparedVolume, type StoragePort, type TeardownResult } from '../domain/ports.js';
+import { VolumeClaims } from '../domain/volume-claims.js';
 import { decideRecovery, sourceHolds, volumesToCheck, type RecoveryRow } from '../domain/recovery.js';
 import { NO_FAILPOINTS, type Failpoint, type Failpoints } from '../domain/failpoints.js';
 
@@ -45,9 +46,10 @@ export interface Activities {
   recover(input: DriveRef): Promise<RecoveryReport>;
   editMetadata(input: DriveRef & { readonly edits: readonly MetadataEdit[]; readonly failpoint?: Failpoint }): Promise<void>;
   writeJournal(input: DriveRef & { readonly record: Omit<PendingRecord, 'status'> | Omit<DoneRecord, 'status'> }): Promise<void>;
-  prepareVolume(input: { readonly media: Media }): Promise<PreparedVolume>;
+  prepareVolume(input: DriveRef & { readonly media: Media }): Promise<PreparedVolume>;
   updateDevice(input: DriveRef & { readonly source: DriveSource | null }): Promise<void>;
-  teardownVolume(input: { readonly media: Media; readonly failpoint?: Failpoint }): Promise<TeardownResult>;
+  /** `in-use` without touching storage while another drive claims the volume (CONTRACT §5 v1.1) */
+  teardownVolume(input: DriveRef & { readonly media: Media; readonly failpoint?: Failpoint }): Promise<TeardownResult>;
 }
 
 export interface ActivityDeps {
@@ -56,12 +58,18 @@ export interface ActivityDeps {
   readonly failpoints?: Failpoints;
   /** shared by everything that rewrites a domain's metadata in this process */
   readonly metadataLocks?: KeyedMutex;
+  /** volumes other drives have in an unfinished change: never torn down from under them */
+  readonly claims?: VolumeClaims;
 }
 
 export function createActivities(deps: ActivityDeps): Activities {
   const { hypervisor, storage } = deps;
   const fp = deps.failpoints ?? NO_FAILPOINTS;
   const locks = deps.metadataLocks ?? new KeyedMutex();
+  const claims = deps.claims ?? new VolumeClaims();
+  /** Tear down unless another drive has the volume in an unfinished change. */
+  const teardown = (media: Media, ref: DriveRef): Promise<TeardownResult> =>
+    claims.claimedByOthers(media, driveKey(ref.vmId, ref.drive)) ? Promise.resolve('in-use') : storage.teardownVolume(media);
   // Sized for reading back within a flow and for a host's VMs, not for every drive ever
   // seen: an entry that lives long enough reaches V8's old generation and dies there, and
   // that churn set the worker's peak RSS (bench item 4: 176 → 141 MB with 1,024 → 256/64 entries).
@@ -133,7 +141,7 @@ export function createActivities(deps: ActivityDeps): Activities {
     for (const step of decision.steps) {
       switch (step.kind) {
         case 'teardown': {
-          const res = await storage.teardownVolume(step.pdiv).catch((err: unknown) => {
+          const res = await teardown(step.pdiv, { vmId, drive }).catch((err: unknown) => {
             warnings.push({ code: 'TEARDOWN_FAILED', message: toCdromError(err).message });
             return 'failed' as const;
           });
@@ -186,9 +194,9 @@ export function createActivities(deps: ActivityDeps): Activities {
       fp.after('libvirt-update');
     },
 
-    async teardownVolume({ media, failpoint }) {
+    async teardownVolume({ vmId, drive, media, failpoint }) {
       if (failpoint !== undefined) fp.before(failpoint);
-      const res = await storage.teardownVolume(media);
+      const res = await teardown(media, { vmId, drive });
       if (failpoint !== undefined) fp.after(failpoint);
       return res;
     },

@@ -50,6 +50,8 @@ export type CdromInput = DriveRef;
 export interface CdromOptions {
   /** how long one step (one activity call) may take before it fails with TIMEOUT */
   readonly stepTimeoutMs: number;
+  /** the runner of the steps, when its owner needs to see them (hangs, quiet drives) */
+  readonly steps?: StepRunner;
 }
 
 interface Context extends DriveRef {
@@ -115,7 +117,7 @@ const fresh = {
 } satisfies Omit<Context, keyof DriveRef>;
 
 export function createCdromMachine(activities: Activities, options: CdromOptions = { stepTimeoutMs: 60_000 }) {
-  const steps = new StepRunner(new Deadlines(options.stepTimeoutMs));
+  const steps = options.steps ?? new StepRunner(new Deadlines(options.stepTimeoutMs));
   return setup({
     types: {
       context: {} as Context,
@@ -138,14 +140,14 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
         ),
       writeJournal: ({ context, self }, params: { record: 'pending' | 'completed' | 'failed' }) =>
         steps.run(self, 'writeJournal.done', 'a journal write', () => activities.writeJournal({ vmId: context.vmId, drive: context.drive, record: journalRecord(context, params.record) })),
-      prepareVolume: ({ context, self }) => steps.run(self, 'prepareVolume.done', 'preparing the volume', () => activities.prepareVolume({ media: context.requested as Media })),
+      prepareVolume: ({ context, self }) => steps.run(self, 'prepareVolume.done', 'preparing the volume', () => activities.prepareVolume({ vmId: context.vmId, drive: context.drive, media: context.requested as Media })),
       updateDevice: ({ context, self }, params: { source: 'new' | 'empty' }) =>
         steps.run(self, 'updateDevice.done', 'changing the media (updateDeviceFlags)', () =>
           activities.updateDevice({ vmId: context.vmId, drive: context.drive, source: params.source === 'new' ? sourceOf(context.prepared as PreparedVolume) : null }),
         ),
       teardownVolume: ({ context, self }, params: { volume: 'new' | 'old'; failpoint?: Failpoint }) =>
         steps.run(self, 'teardownVolume.done', 'tearing down a volume', () =>
-          activities.teardownVolume({ media: (params.volume === 'new' ? context.requested : context.previous) as Media, ...(params.failpoint !== undefined ? { failpoint: params.failpoint } : {}) }),
+          activities.teardownVolume({ vmId: context.vmId, drive: context.drive, media: (params.volume === 'new' ? context.requested : context.previous) as Media, ...(params.failpoint !== undefined ? { failpoint: params.failpoint } : {}) }),
         ),
       // ---- bookkeeping ----
       /** keep the step's error: the flow fails with the original error */

@@ -1,18 +1,30 @@
 import { createActor, type Actor } from 'xstate';
 import type { ChangeCdCommand } from '../contracts/schemas.js';
+import type { ErrorInfo } from '../domain/errors.js';
 import { limiter } from '../domain/limiter.js';
-import { driveKey } from '../domain/media.js';
-import type { Execution } from '../domain/outcome.js';
 import type { Logger } from '../domain/logger.js';
+import { driveKey } from '../domain/media.js';
+import type { Attempt, Execution } from '../domain/outcome.js';
+import { VolumeClaims } from '../domain/volume-claims.js';
 import type { Activities } from './cdrom.activities.js';
 import { createCdromMachine, type CdromEvent, type CdromMachine, type Settlement } from './cdrom.machine.js';
-import type { CommandExecutor } from './executor.js';
+import { backoffDelay, type CommandExecutor, type CommandTicket, type RetryPolicy } from './executor.js';
+import { Deadlines, StepRunner, type HungStep } from './step-runner.js';
 
 /**
  * One CD-ROM actor per (vmId, drive), created when a request for it arrives and stopped
  * when its queue runs dry, so memory follows the drives in flight, not every drive ever
  * seen. Requests for one drive run strictly one at a time in arrival order; different
  * drives run concurrently, at most `concurrency` at once.
+ *
+ * A drive's line holds through faults (CONTRACT §4, §9):
+ * - a command that must be retried keeps the head of its drive's line through its
+ *   backoff (which holds no concurrency slot), so nothing queued behind it, command or
+ *   recovery, overtakes it;
+ * - a step that timed out may still land: the drive stays held until every call it
+ *   started has returned, and is then reconciled with what libvirt shows (RECOVER)
+ *   before anything else runs on it. Other drives are not affected;
+ * - a command ends inside its turn: the next one starts after its event and ack.
  */
 
 export interface RegistryOptions {
@@ -21,6 +33,13 @@ export interface RegistryOptions {
   readonly stepTimeoutMs: number;
   readonly log: Logger;
   readonly now?: () => Date;
+  /** Retries of a command after infrastructure trouble (CONTRACT §6); default 5, 1 s … 30 s. */
+  readonly retry?: RetryPolicy;
+  /**
+   * Volumes in an unfinished change, per drive: claimed here for each command's media,
+   * consulted by the activities' teardowns. Give both the same instance.
+   */
+  readonly claims?: VolumeClaims;
   /**
    * How long an idle drive keeps its actor (a burst of commands for one drive then
    * pays for one actor); 0 stops it as soon as its queue runs dry.
@@ -30,91 +49,110 @@ export interface RegistryOptions {
   readonly maxIdle?: number;
   /** called once per settled request, e.g. for metrics */
   readonly observe?: (event: { vmId: string; drive: string; settlement: Settlement; durationMs: number }) => void;
+  /** called before each retry's backoff, e.g. for metrics */
+  readonly onRetry?: (event: { vmId: string; drive: string; commandId: string; attempt: number; error: ErrorInfo; delayMs: number }) => void;
 }
 
-interface Job {
-  /** built when the work begins, so that startedAt is then and not at enqueue time */
-  readonly makeEvent: (startedAt: Date) => CdromEvent;
-  readonly resolve: (s: { settlement: Settlement; startedAt: Date; finishedAt: Date }) => void;
-}
+type Job =
+  | { readonly kind: 'command'; readonly command: ChangeCdCommand; readonly ticket: CommandTicket; readonly resolve: (r: 'settled' | 'abandoned') => void }
+  | { readonly kind: 'once'; readonly command: ChangeCdCommand; readonly resolve: (e: Execution) => void }
+  | { readonly kind: 'recover'; readonly resolve: (s: Settlement) => void };
 
 interface Slot {
+  readonly key: string;
   readonly vmId: string;
   readonly drive: string;
   readonly queue: Job[];
   actor: Actor<CdromMachine> | null;
   running: boolean;
+  /** a step timed out or a command is to be retried: reconcile before the next command */
+  dirty: boolean;
   idleSince: number;
 }
 
+const DEFAULT_RETRY: RetryPolicy = { limit: 5, baseDelayMs: 1_000, maxDelayMs: 30_000 };
+
 export class DriveRegistry implements CommandExecutor {
   private readonly machine: CdromMachine;
+  private readonly steps: StepRunner;
   private readonly slots = new Map<string, Slot>();
   /** at most `concurrency` commands of all drives at once */
   private readonly limit: <T>(fn: () => Promise<T>) => Promise<T>;
   private closed = false;
+  /** resolves when drain begins: waits for a hung call or a backoff end there */
+  private readonly closing: Promise<void>;
+  private close!: () => void;
   private readonly now: () => Date;
   private readonly log: Logger;
   private readonly idleTtlMs: number;
   private readonly maxIdle: number;
+  private readonly retry: RetryPolicy;
+  readonly claims: VolumeClaims;
   /** idle slots, oldest first (Map order), for the count cap */
   private readonly idle = new Map<string, Slot>();
   private sweeper: NodeJS.Timeout | null = null;
+  private hung = 0;
+  private readonly sleepers = new Set<() => void>();
 
   constructor(private readonly opts: RegistryOptions) {
-    this.machine = createCdromMachine(opts.activities, { stepTimeoutMs: opts.stepTimeoutMs });
+    this.steps = new StepRunner(new Deadlines(opts.stepTimeoutMs), (h) => this.onHang(h));
+    this.machine = createCdromMachine(opts.activities, { stepTimeoutMs: opts.stepTimeoutMs, steps: this.steps });
     this.limit = limiter(opts.concurrency);
     this.now = opts.now ?? (() => new Date());
     this.log = opts.log.child({ component: 'registry' });
     this.idleTtlMs = opts.idleTtlMs ?? 5_000;
     this.maxIdle = opts.maxIdle ?? 256;
+    this.retry = opts.retry ?? DEFAULT_RETRY;
+    this.claims = opts.claims ?? new VolumeClaims();
+    this.closing = new Promise((resolve) => (this.close = resolve));
   }
 
-  async execute(command: ChangeCdCommand): Promise<Execution> {
+  /** Steps that outlived their deadline and whose call has not returned yet (`cdrom_hung_calls`). */
+  get hungCalls(): number {
+    return this.hung;
+  }
+
+  submit(command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'> {
+    if (this.closed) return Promise.resolve('abandoned');
+    return new Promise((resolve) => this.enqueue(command.vmId, command.drive, { kind: 'command', command, ticket, resolve }));
+  }
+
+  /** One attempt, without retries and without a ticket (tools, tests, benchmarks). */
+  execute(command: ChangeCdCommand): Promise<Execution> {
     if (this.closed) {
-      return { kind: 'retry', error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } };
+      return Promise.resolve({ kind: 'retry', error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } });
     }
-    const ids = { commandId: command.commandId, vmId: command.vmId, drive: command.drive };
-    const { settlement, startedAt, finishedAt } = await this.enqueue(command.vmId, command.drive, (startedAt) => ({
-      type: 'EXECUTE',
-      command,
-      startedAt: startedAt.toISOString(),
-    }));
-    const durationMs = finishedAt.getTime() - startedAt.getTime();
-    switch (settlement.kind) {
-      case 'result': {
-        const r = settlement.result;
-        // The consumer logs the command's end at info (once, with its broker context).
-        this.log.debug({ ...ids, outcome: r.outcome, action: r.action, replayed: settlement.replayed, durationMs, warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined }, `changeCD ${r.outcome}`);
-        return { kind: 'result', result: r, startedAt, finishedAt, replayed: settlement.replayed };
-      }
-      case 'retry':
-        this.log.warn({ ...ids, err: settlement.error, durationMs }, 'changeCD will be retried');
-        return { kind: 'retry', error: settlement.error, ...(settlement.attempt ? { attempt: settlement.attempt } : {}) };
-      case 'recovered':
-        // not produced for EXECUTE
-        return { kind: 'retry', error: { code: 'INTERNAL', message: 'unexpected recovery settlement', retryable: true } };
-    }
+    return new Promise((resolve) => this.enqueue(command.vmId, command.drive, { kind: 'once', command, resolve }));
   }
 
-  /** Reconcile one drive with what libvirt shows now, queued behind its commands. */
-  async recover(vmId: string, drive: string): Promise<Settlement> {
-    const { settlement } = await this.enqueue(vmId, drive, () => ({ type: 'RECOVER' }));
-    return settlement;
+  /**
+   * Reconcile one drive with what libvirt shows now, queued behind its commands. With
+   * `skipIfHeld`, a drive held by a call that has not returned is skipped (it is
+   * reconciled before its next command anyway), so a background pass never waits on it.
+   */
+  recover(vmId: string, drive: string, opts: { skipIfHeld?: boolean } = {}): Promise<Settlement> {
+    const slot = this.slots.get(driveKey(vmId, drive));
+    if (opts.skipIfHeld === true && slot?.actor != null && this.steps.busy(slot.actor)) {
+      return Promise.resolve({ kind: 'recovered', report: null, error: { code: 'TIMEOUT', message: `${vmId}/${drive} is held by a call that has not returned; skipped`, retryable: true } });
+    }
+    return new Promise((resolve) => this.enqueue(vmId, drive, { kind: 'recover', resolve }));
   }
 
   async drain(timeoutMs: number): Promise<void> {
     this.closed = true;
+    this.close();
+    for (const wake of [...this.sleepers]) wake();
     const deadline = Date.now() + timeoutMs;
     while (this.pending() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.reap(0);
   }
 
-  /** Stop the actors of drives idle for `ttlMs` or longer. */
+  /** Stop the actors of drives idle for `ttlMs` or longer (never one with a call still out). */
   reap(ttlMs: number = this.idleTtlMs): void {
     const cutoff = Date.now() - ttlMs;
     for (const [key, slot] of this.idle) {
       if (slot.idleSince > cutoff && this.idle.size <= this.maxIdle) break;
+      if (slot.actor !== null && this.steps.busy(slot.actor)) continue;
       this.stopIdle(key, slot);
     }
     if (this.slots.size === 0 && this.sweeper !== null) {
@@ -127,6 +165,7 @@ export class DriveRegistry implements CommandExecutor {
     slot.actor?.stop();
     this.idle.delete(key);
     this.slots.delete(key);
+    this.claims.release(key);
   }
 
   /** Drives with an actor alive now (in flight, queued, or idle and not yet reaped). */
@@ -140,53 +179,194 @@ export class DriveRegistry implements CommandExecutor {
     return n;
   }
 
-  private enqueue(vmId: string, drive: string, makeEvent: (startedAt: Date) => CdromEvent) {
+  private enqueue(vmId: string, drive: string, job: Job): void {
     const key = driveKey(vmId, drive);
     let slot = this.slots.get(key);
     if (slot === undefined) {
-      slot = { vmId, drive, queue: [], actor: null, running: false, idleSince: 0 };
+      slot = { key, vmId, drive, queue: [], actor: null, running: false, dirty: false, idleSince: 0 };
       this.slots.set(key, slot);
     }
     this.idle.delete(key);
-    const s = slot;
-    return new Promise<{ settlement: Settlement; startedAt: Date; finishedAt: Date }>((resolve) => {
-      s.queue.push({ makeEvent, resolve });
-      if (!s.running) void this.pump(key, s);
-    });
+    slot.queue.push(job);
+    if (!slot.running) void this.pump(slot);
   }
 
-  private async pump(key: string, slot: Slot): Promise<void> {
+  private async pump(slot: Slot): Promise<void> {
     slot.running = true;
     try {
       for (let job = slot.queue.shift(); job !== undefined; job = slot.queue.shift()) {
-        const { makeEvent } = job;
-        const done = await this.limit(async () => {
-          const startedAt = this.now();
-          const settlement = await this.run(slot, makeEvent(startedAt));
-          const finishedAt = this.now();
-          this.opts.observe?.({ vmId: slot.vmId, drive: slot.drive, settlement, durationMs: finishedAt.getTime() - startedAt.getTime() });
-          return { settlement, startedAt, finishedAt };
-        });
-        // resolved here, so the bookkeeping below (idle or next job) runs before the caller resumes
-        job.resolve(done);
+        switch (job.kind) {
+          case 'command':
+            job.resolve(await this.runCommand(slot, job.command, job.ticket));
+            break;
+          case 'once':
+            job.resolve(await this.runOnce(slot, job.command));
+            break;
+          case 'recover':
+            job.resolve(await this.runRecover(slot));
+            break;
+        }
       }
     } finally {
       slot.running = false;
       slot.idleSince = Date.now();
-      if (slot.queue.length > 0) void this.pump(key, slot);
-      else if (this.idleTtlMs === 0 || this.closed) this.stopIdle(key, slot);
-      else {
-        this.idle.set(key, slot);
-        if (this.idle.size > this.maxIdle) this.reap();
-        if (this.sweeper === null) {
-          this.sweeper = setInterval(() => this.reap(), Math.max(50, this.idleTtlMs / 2));
-          this.sweeper.unref();
-        }
-      }
+      if (slot.queue.length > 0) void this.pump(slot);
+      else this.goIdle(slot);
     }
   }
 
-  private run(slot: Slot, event: CdromEvent): Promise<Settlement> {
+  private goIdle(slot: Slot): void {
+    const actor = slot.actor;
+    if (actor !== null && this.steps.busy(actor)) {
+      // a hung call still holds the volume it may land with
+      void this.steps.quiet(actor).then(() => {
+        if (!slot.running && slot.queue.length === 0) this.claims.release(slot.key);
+      });
+    } else {
+      this.claims.release(slot.key);
+    }
+    if (this.idleTtlMs === 0 || this.closed) {
+      if (actor === null || !this.steps.busy(actor)) this.stopIdle(slot.key, slot);
+      else this.idle.set(slot.key, slot);
+      return;
+    }
+    this.idle.set(slot.key, slot);
+    if (this.idle.size > this.maxIdle) this.reap();
+    if (this.sweeper === null) {
+      this.sweeper = setInterval(() => this.reap(), Math.max(50, this.idleTtlMs / 2));
+      this.sweeper.unref();
+    }
+  }
+
+  /** A command through its retries, at the head of its drive's line until it has ended. */
+  private async runCommand(slot: Slot, command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'> {
+    const ids = { commandId: command.commandId, vmId: command.vmId, drive: command.drive };
+    const startedAt = this.now();
+    // Deliveries that ended without an outcome (crash, lost broker) count against the budget.
+    let attempts = ticket.priorAttempts;
+    let lastError: ErrorInfo = { code: 'INTERNAL', message: `delivered ${attempts} times without an outcome (worker crashed or lost the broker)`, retryable: true };
+    let lastAttempt: Attempt | undefined;
+    this.claims.claim(slot.key, command.media);
+    while (attempts <= this.retry.limit) {
+      if (!(await this.ready(slot, ticket))) return 'abandoned';
+      const t0 = this.now();
+      const s = await this.limit(() => this.send(slot, { type: 'EXECUTE', command, startedAt: startedAt.toISOString() }));
+      this.observe(slot, s, t0);
+      if (s.kind === 'result') {
+        const r = s.result;
+        this.log.debug({ ...ids, outcome: r.outcome, action: r.action, replayed: s.replayed, attempts }, `changeCD ${r.outcome}`);
+        return this.settle(ticket, { kind: 'result', result: r, startedAt, finishedAt: this.now(), replayed: s.replayed }, ids);
+      }
+      slot.dirty = true;
+      lastError = s.kind === 'retry' ? s.error : { code: 'INTERNAL', message: 'unexpected recovery settlement', retryable: true };
+      lastAttempt = (s.kind === 'retry' ? s.attempt : undefined) ?? lastAttempt;
+      attempts += 1;
+      if (attempts > this.retry.limit) break;
+      if (!ticket.live()) return 'abandoned';
+      const delayMs = backoffDelay(this.retry, attempts);
+      this.log.warn({ ...ids, err: lastError, attempt: attempts, limit: this.retry.limit, retryInMs: delayMs }, 'command hit infrastructure trouble; retrying in place');
+      this.opts.onRetry?.({ ...ids, attempt: attempts, error: lastError, delayMs });
+      await this.sleep(delayMs);
+    }
+    if (!ticket.live()) return 'abandoned';
+    this.log.error({ ...ids, err: lastError, attempts, limit: this.retry.limit }, 'retry budget exhausted');
+    // The drive stays dirty: its next command reconciles it first.
+    return this.settle(ticket, { kind: 'exhausted', error: lastError, ...(lastAttempt ? { attempt: lastAttempt } : {}), attempts, startedAt, finishedAt: this.now() }, ids);
+  }
+
+  private async settle(ticket: CommandTicket, final: Parameters<CommandTicket['settle']>[0], ids: object): Promise<'settled' | 'abandoned'> {
+    try {
+      await ticket.settle(final);
+      return 'settled';
+    } catch (err) {
+      // Only a lost bus gets here: the message stays unacknowledged and is redelivered.
+      this.log.warn({ ...ids, err }, 'could not settle the command; it will be redelivered');
+      return 'abandoned';
+    }
+  }
+
+  private async runOnce(slot: Slot, command: ChangeCdCommand): Promise<Execution> {
+    await this.ready(slot, null);
+    const startedAt = this.now();
+    const s = await this.limit(() => this.send(slot, { type: 'EXECUTE', command, startedAt: startedAt.toISOString() }));
+    this.observe(slot, s, startedAt);
+    const finishedAt = this.now();
+    switch (s.kind) {
+      case 'result':
+        return { kind: 'result', result: s.result, startedAt, finishedAt, replayed: s.replayed };
+      case 'retry':
+        slot.dirty = true;
+        return { kind: 'retry', error: s.error, ...(s.attempt ? { attempt: s.attempt } : {}) };
+      case 'recovered':
+        return { kind: 'retry', error: { code: 'INTERNAL', message: 'unexpected recovery settlement', retryable: true } };
+    }
+  }
+
+  private async runRecover(slot: Slot): Promise<Settlement> {
+    if (!(await this.quiet(slot))) return { kind: 'recovered', report: null, error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } };
+    const t0 = this.now();
+    const s = await this.limit(() => this.send(slot, { type: 'RECOVER' }));
+    this.observe(slot, s, t0);
+    if (s.kind === 'recovered' && s.error === null) slot.dirty = false;
+    return s;
+  }
+
+  /**
+   * Waits until nothing started on the drive can still land, then reconciles it if a
+   * step failed or hung since its last reconciliation. False when the command is to be
+   * abandoned (its delivery died, or the worker is stopping).
+   */
+  private async ready(slot: Slot, ticket: CommandTicket | null): Promise<boolean> {
+    for (;;) {
+      if (!(await this.quiet(slot)) || (ticket !== null && !ticket.live())) return false;
+      if (!slot.dirty) return true;
+      const s = await this.runRecover(slot);
+      // A recovery that failed without hanging (libvirt unreachable, say) is left to the
+      // command itself: its inspection recovers a recorded change first, and its own
+      // failure is retried with backoff rather than here in a tight loop.
+      if (s.kind === 'recovered' && s.error !== null && slot.actor !== null && !this.steps.busy(slot.actor)) return true;
+    }
+  }
+
+  /** Resolves true once no step of the drive is running; false when drain began first. */
+  private async quiet(slot: Slot): Promise<boolean> {
+    const actor = slot.actor;
+    if (actor === null || !this.steps.busy(actor)) return true;
+    this.log.info({ vmId: slot.vmId, drive: slot.drive }, 'drive held until its hung call returns');
+    const outcome = await Promise.race([this.steps.quiet(actor).then(() => true), this.closing.then(() => false)]);
+    if (outcome) this.log.info({ vmId: slot.vmId, drive: slot.drive }, 'hung call returned; drive released');
+    return outcome;
+  }
+
+  /** A backoff; drain ends it early. */
+  private sleep(ms: number): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const wake = (): void => {
+        clearTimeout(t);
+        this.sleepers.delete(wake);
+        resolve();
+      };
+      const t = setTimeout(wake, ms);
+      this.sleepers.add(wake);
+    });
+  }
+
+  private observe(slot: Slot, settlement: Settlement, startedAt: Date): void {
+    this.opts.observe?.({ vmId: slot.vmId, drive: slot.drive, settlement, durationMs: this.now().getTime() - startedAt.getTime() });
+  }
+
+  private onHang(h: HungStep): void {
+    const { vmId, drive } = (h.actor.getSnapshot() as { context: { vmId: string; drive: string } }).context;
+    this.hung += 1;
+    this.log.warn({ vmId, drive, call: h.what, timeoutMs: this.opts.stepTimeoutMs }, 'call hung: the drive is held until it returns');
+    void h.settled.then(() => {
+      this.hung -= 1;
+      this.log.info({ vmId, drive, call: h.what, durationMs: Date.now() - h.startedAt }, 'hung call returned');
+    });
+  }
+
+  private send(slot: Slot, event: CdromEvent): Promise<Settlement> {
     if (slot.actor === null) {
       slot.actor = createActor(this.machine, { input: { vmId: slot.vmId, drive: slot.drive } });
       slot.actor.start();

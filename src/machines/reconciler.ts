@@ -3,6 +3,7 @@ import type { Pdiv } from '../domain/media.js';
 import { VmMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
 import { OVIRT_VM_NS, type DriveSource, type HypervisorPort, type StoragePort } from '../domain/ports.js';
 import { limiter } from '../domain/limiter.js';
+import type { VolumeClaims } from '../domain/volume-claims.js';
 import { RECOVERY_ROWS, sourceHolds, volumesToCheck } from '../domain/recovery.js';
 import type { Logger } from '../domain/logger.js';
 import type { Settlement } from './cdrom.machine.js';
@@ -15,7 +16,8 @@ import type { Settlement } from './cdrom.machine.js';
  */
 
 export interface DriveRecovery {
-  recover(vmId: string, drive: string): Promise<Settlement>;
+  /** With `skipIfHeld`, a drive a hung call still holds is skipped, not waited for. */
+  recover(vmId: string, drive: string, opts?: { skipIfHeld?: boolean }): Promise<Settlement>;
 }
 
 export interface ReconcileReport {
@@ -47,6 +49,8 @@ export interface ReconcilerOptions {
   readonly observe?: (event: { row: string; vmId: string; drive: string }) => void;
   /** only domains whose name matches are recovered; orphan reaping still sees them all */
   readonly domainFilter?: RegExp | null;
+  /** volumes drives have in an unfinished change: never orphans */
+  readonly claims?: Pick<VolumeClaims, 'claimedByOthers'>;
 }
 
 export class Reconciler {
@@ -54,6 +58,8 @@ export class Reconciler {
   private unsubscribe: (() => void) | null = null;
   private readonly log: Logger;
   private running: Promise<ReconcileReport> | null = null;
+  /** a whole-host pass was asked for while one ran (it may have read too early) */
+  private again = false;
 
   constructor(private readonly opts: ReconcilerOptions) {
     this.log = opts.log.child({ component: 'reconciler' });
@@ -69,12 +75,33 @@ export class Reconciler {
     return run;
   }
 
-  /** Background: domain starts/resumes trigger a pass for that domain; a timer retries. */
+  /**
+   * A whole-host pass that starts after this call: one running now is followed by
+   * another (events missed until now are only made up by reading after them).
+   */
+  reconcileAfter(): Promise<ReconcileReport> {
+    const running = this.running;
+    if (running === null) return this.reconcileAll();
+    this.again = true;
+    return running.catch(() => undefined).then(() => {
+      if (!this.again) return this.running ?? this.reconcileAll();
+      this.again = false;
+      return this.reconcileAll();
+    });
+  }
+
+  /**
+   * Background: domain starts/resumes trigger a pass for that domain, a reconnect to the
+   * hypervisor a pass for every domain (events were missed); a timer retries.
+   */
   start(): void {
     this.unsubscribe =
       this.opts.hypervisor.onEvent?.((e) => {
         if (e.kind === 'lifecycle' && (e.event === 'started' || e.event === 'resumed')) {
           void this.reconcileAll(e.vmId).catch((err: unknown) => this.log.warn({ err, vmId: e.vmId }, 'reconcile after lifecycle event failed'));
+        } else if (e.kind === 'reconnected') {
+          this.log.info('hypervisor connection is back: reconciling every domain');
+          void this.reconcileAfter().catch((err: unknown) => this.log.warn({ err }, 'reconcile after reconnect failed'));
         }
       }) ?? null;
     const every = this.opts.intervalMs ?? 0;
@@ -110,7 +137,9 @@ export class Reconciler {
     let actions = 0;
 
     const recoverDrive = async (vmId: string, drive: string): Promise<void> => {
-      const s = await this.opts.drives.recover(vmId, drive);
+      // A drive a hung call holds is reconciled before its next command anyway: never
+      // wait for it here, so one stuck VM cannot hold up the pass (or readiness).
+      const s = await this.opts.drives.recover(vmId, drive, { skipIfHeld: true });
       if (s.kind !== 'recovered') return;
       if (s.error !== null) {
         failed.push({ vmId, drive, message: s.error.message });
@@ -178,12 +207,16 @@ export class Reconciler {
     const refs = await this.references(vmIds, parallel);
     if (refs === null) return [];
     const candidates = active.filter(
-      (p) => !refs.volumes.has(p.volumeID.toLowerCase()) && !refs.sources.some((path) => sourceHolds({ type: 'block', path }, p)),
+      (p) =>
+        !refs.volumes.has(p.volumeID.toLowerCase()) &&
+        !refs.sources.some((path) => sourceHolds({ type: 'block', path }, p)) &&
+        this.opts.claims?.claimedByOthers(p) !== true,
     );
     const tornDown: Pdiv[] = [];
     for (const p of candidates) {
       try {
         if ((await storage.volumeActivation(p)) !== 'active') continue;
+        if (this.opts.claims?.claimedByOthers(p) === true) continue; // a command began loading it meanwhile
         if ((await storage.teardownVolume(p)) === 'done') tornDown.push(p);
         else this.log.info({ volumeID: p.volumeID }, 'orphan volume in use elsewhere; left active');
       } catch (err) {

@@ -60,17 +60,41 @@ export class Deadlines {
   }
 }
 
-/** Starts steps for actors and sends each one's outcome back, once, unless it is stale. */
+/** What the runner says about a step that outlived its deadline. */
+export interface HungStep {
+  readonly actor: AnyActorRef;
+  /** what the step does, e.g. "changing the media (updateDeviceFlags)" */
+  readonly what: string;
+  readonly startedAt: number;
+  /** settles when the step's call has returned (it can no longer land) */
+  readonly settled: Promise<void>;
+}
+
+/**
+ * Starts steps for actors and sends each one's outcome back, once, unless it is stale.
+ *
+ * A deadline ends the actor's *waiting*, not the work: the call behind a timed-out step
+ * goes on and may still land. The runner keeps every unsettled step per actor, so the
+ * owner of the actor (the drive registry) can hold the drive until they have all
+ * returned (`quiet`), and hears of each hang (`onHang`).
+ */
 export class StepRunner {
   /** the latest step started per actor: an older one's outcome is stale */
   private readonly latest = new WeakMap<AnyActorRef, number>();
+  /** steps whose work has not settled yet, per actor (timed out or not) */
+  private readonly outstanding = new Map<AnyActorRef, Set<Promise<void>>>();
 
-  constructor(private readonly deadlines: Deadlines) {}
+  constructor(
+    private readonly deadlines: Deadlines,
+    private readonly onHang?: (step: HungStep) => void,
+  ) {}
 
   run<T>(self: AnyActorRef, doneType: string, what: string, work: () => Promise<T>): void {
     const token = (this.latest.get(self) ?? 0) + 1;
     this.latest.set(self, token);
+    const startedAt = Date.now();
     let settled = false;
+    let finished = false;
     const settle = (event: { type: string; output?: T; error?: unknown }): void => {
       if (settled) return;
       settled = true;
@@ -78,16 +102,39 @@ export class StepRunner {
       if (this.latest.get(self) !== token || (self.getSnapshot() as { status?: unknown }).status !== 'active') return;
       self.send(event);
     };
-    const cancel = this.deadlines.add(() => settle({ type: 'step.error', error: new CdromError('TIMEOUT', `${what} took longer than ${this.deadlines.timeoutMs} ms`, { retryable: true }) }));
     let promise: Promise<T>;
     try {
       promise = work();
     } catch (err) {
       promise = Promise.reject(toCdromError(err));
     }
-    promise.then(
+    const done = promise.then(
       (output) => settle({ type: doneType, output }),
       (error: unknown) => settle({ type: 'step.error', error }),
     );
+    const tracked = done.then(() => {
+      finished = true;
+      const set = this.outstanding.get(self);
+      set?.delete(tracked);
+      if (set?.size === 0) this.outstanding.delete(self);
+    });
+    let set = this.outstanding.get(self);
+    if (set === undefined) this.outstanding.set(self, (set = new Set()));
+    set.add(tracked);
+    const cancel = this.deadlines.add(() => {
+      if (finished) return;
+      this.onHang?.({ actor: self, what, startedAt, settled: tracked });
+      settle({ type: 'step.error', error: new CdromError('TIMEOUT', `${what} took longer than ${this.deadlines.timeoutMs} ms`, { retryable: true }) });
+    });
+  }
+
+  /** Whether a step of this actor is still running (in time or hung). */
+  busy(self: AnyActorRef): boolean {
+    return this.outstanding.has(self);
+  }
+
+  /** Resolves once no step of this actor is running: whatever it started has returned. */
+  async quiet(self: AnyActorRef): Promise<void> {
+    for (let set = this.outstanding.get(self); set !== undefined; set = this.outstanding.get(self)) await Promise.all(set);
   }
 }

@@ -7,7 +7,7 @@ import type { ChangeCdCommand, ResultEvent } from '../../src/contracts/schemas.j
 import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, commandsQueue } from '../../src/consumers/topology.js';
 import type { Execution } from '../../src/domain/outcome.js';
 import { createLogger } from '../../src/infra/logging.js';
-import type { CommandExecutor } from '../../src/machines/executor.js';
+import type { AttemptExecutor } from '../../src/machines/executor.js';
 import { startWorker, type WorkerHandle } from '../../src/main.js';
 import { command, uniqueHost, waitFor } from '../support/amqp.js';
 import { killNode, quorumLeader, startCluster, useCleanups, type TestCluster } from '../support/cluster.js';
@@ -21,7 +21,7 @@ import { FakeExecutor } from '../support/fake-executor.js';
  */
 
 /** Counts the effects (executions not answered from the journal) per command. */
-class CountingExecutor implements CommandExecutor {
+class CountingExecutor implements AttemptExecutor {
   readonly effects = new Map<string, number>();
   readonly firstStart = new Map<string, number>();
   calls = 0;

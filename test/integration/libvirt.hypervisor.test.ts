@@ -100,11 +100,15 @@ describe('LibvirtHypervisor specifics', () => {
   it('reconnects after its connection is closed under it', async () => {
     const before = await h.listDomains();
     // Simulate libvirtd dropping us: close every connection the adapter holds.
-    const internal = h as unknown as { live: Promise<{ conn: { close(): Promise<void> } }> | null };
-    await (await internal.live)?.conn.close();
+    const internal = h as unknown as { pool: { conns: { id: number; conn: { close(): Promise<void> } }[] } };
+    const old = [...internal.pool.conns];
+    expect(old.length).toBeGreaterThan(0);
+    for (const c of old) await c.conn.close();
     const err = await h.listDomains().catch((e: unknown) => e);
     expect(err).toMatchObject({ retryable: true });
     const after = await h.listDomains();
+    // the failed connection alone was dropped; the call after it runs on a new one
+    expect(internal.pool.conns.map((c) => c.id)).not.toContain(old[0]?.id);
     expect(after.map((d) => d.vmId)).toContain(transient.uuid);
     expect(before.map((d) => d.vmId)).toContain(transient.uuid);
     expect(await h.readDrive(transient.uuid, 'sdc')).toEqual({ type: 'file', path: iso });

@@ -3,7 +3,7 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { DomainEvent, MetadataNamespace } from '../../src/domain/ports.js';
 import { LibvirtHypervisor } from '../../src/infra/libvirt/libvirt.hypervisor.js';
-import { loadVirt, type NativeConnection, type NativeDomain, type VirtBinding } from '../../src/infra/libvirt/virt.native.js';
+import { loadVirt, type NativeConnection, type NativeDomain, type NativeEvent, type VirtBinding } from '../../src/infra/libvirt/virt.native.js';
 import { LIBVIRT_URI, TestVms, type TestVm } from '../support/vm.js';
 
 /**
@@ -122,13 +122,24 @@ describe('LibvirtHypervisor domain state cache', () => {
     await h.setMetadata(vm.uuid, NS, mark(12));
     expect(probe.stateQueries).toBe(4);
 
-    // a new connection (after the adapter saw its connection fail) starts with an empty cache
-    const internal = h as unknown as { live: Promise<{ conn: { close(): Promise<void> } }> | null };
-    await (await internal.live)?.conn.close();
-    await expect(h.listDomains()).rejects.toMatchObject({ retryable: true });
+    // the events connection lost (libvirtd gone, as libvirt's close callback says): nothing
+    // cached is trusted any more, and the reconnect is announced to the listeners
+    const internal = h as unknown as { events: { generation: number; onNative(generation: number, e: NativeEvent): void } };
+    const reconnected = new Promise<void>((resolve) => {
+      const off = h.onEvent((e) => {
+        if (e.kind === 'reconnected') {
+          off();
+          resolve();
+        }
+      });
+    });
+    internal.events.onNative(internal.events.generation, { kind: 'close', event: k.VIR_CONNECT_CLOSE_REASON_EOF, detail: 0 });
+    await h.setMetadata(vm.uuid, NS, mark(13));
+    expect(probe.stateQueries).toBe(6); // read, not cached: no events while the link is down
+    await reconnected;
     await h.setMetadata(vm.uuid, NS, mark(14));
     await h.setMetadata(vm.uuid, NS, mark(15));
-    expect(probe.stateQueries).toBe(6);
+    expect(probe.stateQueries).toBe(8);
     expect(await live(vm)).toContain(holds(15));
     expect(await config(vm)).toContain(holds(15));
   });

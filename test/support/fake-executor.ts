@@ -3,7 +3,7 @@ import type { ChangeCdCommand } from '../../src/contracts/schemas.js';
 import type { ErrorCode } from '../../src/domain/errors.js';
 import { sameMedia, driveKey, type Media } from '../../src/domain/media.js';
 import { actionFor, type ChangeResult, type Execution } from '../../src/domain/outcome.js';
-import type { CommandExecutor } from '../../src/machines/executor.js';
+import type { AttemptExecutor } from '../../src/machines/executor.js';
 
 /**
  * A small stateful stand-in for the per-drive registry: drives hold media, a command id
@@ -37,7 +37,7 @@ interface Record {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-export class FakeExecutor implements CommandExecutor {
+export class FakeExecutor implements AttemptExecutor {
   readonly drives = new Map<string, Media | null>();
   readonly journal = new Map<string, ChangeResult>();
   readonly calls: Array<{ commandId: string; at: number }> = [];

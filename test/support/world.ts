@@ -8,6 +8,7 @@ import { silentLogger } from '../../src/infra/logging.js';
 import type { Failpoints } from '../../src/infra/failpoints.js';
 import { createActivities } from '../../src/machines/cdrom.activities.js';
 import { DriveRegistry } from '../../src/machines/drive.registry.js';
+import { VolumeClaims } from '../../src/domain/volume-claims.js';
 import { FakeHypervisor } from '../fakes/hypervisor.fake.js';
 import { FakeStorage, blockPath } from '../fakes/storage.fake.js';
 
@@ -62,8 +63,9 @@ export function makeWorld(opts: { holding?: Pdiv | null; failpoints?: Failpoints
     metadata: { [OVIRT_VM_NS.uri]: holding === null ? EMPTY_MD : loadedMd(holding) },
   });
   if (holding !== null) storage.activate(holding);
-  const activities = createActivities({ hypervisor: hv, storage, failpoints: opts.failpoints });
-  const registry = new DriveRegistry({ activities, concurrency: opts.concurrency ?? 16, stepTimeoutMs: opts.stepTimeoutMs ?? 5_000, log: silentLogger(), idleTtlMs: opts.idleTtlMs ?? 0 });
+  const claims = new VolumeClaims();
+  const activities = createActivities({ hypervisor: hv, storage, failpoints: opts.failpoints, claims });
+  const registry = new DriveRegistry({ activities, claims, concurrency: opts.concurrency ?? 16, stepTimeoutMs: opts.stepTimeoutMs ?? 5_000, log: silentLogger(), idleTtlMs: opts.idleTtlMs ?? 0 });
   const command = (media: Media | null, o: { commandId?: string; drive?: string; vmId?: string } = {}): ChangeCdCommand => ({
     type: 'changeCD',
     version: 1,

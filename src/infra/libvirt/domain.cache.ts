@@ -1,53 +1,71 @@
-import type { NativeDomain } from './virt.native.js';
-
 /** `[active, persistent]`: which definitions a write must reach (AFFECT_LIVE / AFFECT_CONFIG). */
 export type DomainState = readonly [active: boolean, persistent: boolean];
 
-export interface CachedDomain {
-  readonly dom: NativeDomain;
-  /** The last state read, kept only while domain events can tell us it changed. */
+interface Entry {
   state: DomainState | null;
   /** Bumped by every invalidation: a state read that raced one is not kept. */
   version: number;
 }
 
 /**
- * One connection's domain handles by UUID, each with its last known state. Lives and dies
- * with the connection: a new connection starts empty, so nothing read over an old one (or
- * missed while disconnected) survives a reconnect. Bounded; when full it starts over.
+ * The last known state of each running domain, by UUID, for all the adapter's
+ * connections. Kept only while domain events can say it changed: `disable` (the events
+ * connection dropped) forgets everything and keeps nothing until `enable`. Bounded; when
+ * full it starts over.
  */
-export class DomainCache {
-  private readonly entries = new Map<string, CachedDomain>();
+export class DomainStates {
+  private readonly entries = new Map<string, Entry>();
+  private enabled = false;
 
   constructor(private readonly max: number) {}
 
-  get(vmId: string): CachedDomain | undefined {
-    return this.entries.get(vmId.toLowerCase());
+  get(vmId: string): DomainState | null {
+    return this.entries.get(vmId.toLowerCase())?.state ?? null;
   }
 
-  add(vmId: string, dom: NativeDomain): CachedDomain {
-    if (this.entries.size >= this.max) this.entries.clear();
-    const entry: CachedDomain = { dom, state: null, version: 0 };
-    this.entries.set(vmId.toLowerCase(), entry);
-    return entry;
+  /** The version to pass to `keep` with a state read from now on. */
+  version(vmId: string): number {
+    return this.entries.get(vmId.toLowerCase())?.version ?? 0;
   }
 
-  forget(vmId: string): void {
-    const entry = this.entries.get(vmId.toLowerCase());
-    if (entry !== undefined) invalidate(entry);
-    this.entries.delete(vmId.toLowerCase());
+  /** Keeps `state` unless an invalidation came since `version` was taken. */
+  keep(vmId: string, state: DomainState, version: number): void {
+    if (!this.enabled) return;
+    const key = vmId.toLowerCase();
+    let entry = this.entries.get(key);
+    if (entry === undefined) {
+      if (version !== 0) return;
+      if (this.entries.size >= this.max) this.entries.clear();
+      this.entries.set(key, (entry = { state: null, version: 0 }));
+    }
+    if (entry.version === version) entry.state = state;
   }
 
-  /** The domain's state may have changed (a lifecycle event): read it again next time. */
+  /** The domain's state may have changed (a lifecycle event, a refused write). */
   invalidate(vmId: string): void {
-    const entry = this.entries.get(vmId.toLowerCase());
-    if (entry !== undefined) invalidate(entry);
+    const key = vmId.toLowerCase();
+    const entry = this.entries.get(key);
+    if (entry !== undefined) {
+      entry.state = null;
+      entry.version += 1;
+    } else if (this.enabled) {
+      // a read in flight for a domain not yet cached must not be kept either
+      if (this.entries.size >= this.max) this.entries.clear();
+      this.entries.set(key, { state: null, version: 1 });
+    }
   }
-}
 
-export function invalidate(entry: CachedDomain): void {
-  entry.state = null;
-  entry.version += 1;
+  enable(): void {
+    this.enabled = true;
+  }
+
+  disable(): void {
+    this.enabled = false;
+    for (const entry of this.entries.values()) {
+      entry.state = null;
+      entry.version += 1;
+    }
+  }
 }
 
 export function sameState(a: DomainState, b: DomainState): boolean {

@@ -50,6 +50,16 @@ export interface NativeDomain {
   destroy(): Promise<void>;
   undefine(flags?: number): Promise<void>;
   getBlockInfo(disk: string): Promise<BlockInfo>;
+  /** virDomainGetControlInfo: whether the domain's monitor is free (OK) or busy with a job */
+  getControlInfo?(): Promise<ControlInfo>;
+}
+
+export interface ControlInfo {
+  /** VIR_DOMAIN_CONTROL_OK, _JOB, _OCCUPIED or _ERROR */
+  readonly state: number;
+  readonly details: number;
+  /** ms spent in the current state (not OK) */
+  readonly stateTime: number;
 }
 
 export type NativeEvent =
@@ -96,6 +106,8 @@ export interface VirtConstants {
   readonly VIR_DOMAIN_EVENT_TRAY_CHANGE_OPEN: number;
   readonly VIR_DOMAIN_EVENT_TRAY_CHANGE_CLOSE: number;
   readonly VIR_CONNECT_CLOSE_REASON_CLIENT: number;
+  readonly VIR_CONNECT_CLOSE_REASON_EOF: number;
+  readonly VIR_DOMAIN_CONTROL_OK: number;
   readonly VIR_ERR_INTERNAL_ERROR: number;
   readonly VIR_ERR_NO_CONNECT: number;
   readonly VIR_ERR_INVALID_CONN: number;
