@@ -53,8 +53,9 @@ function host(opts: { stepTimeoutMs?: number; concurrency?: number; retry?: type
     const done = registry.submit(command, {
       priorAttempts: 0,
       live: () => true,
-      settle: async (final) => {
+      settle: (final) => {
         settled.push({ commandId: command.commandId, vmId, final });
+        return Promise.resolve();
       },
       ...ticket,
     });
@@ -64,7 +65,7 @@ function host(opts: { stepTimeoutMs?: number; concurrency?: number; retry?: type
 }
 
 /** updateDevice calls that wait for `release()`; counts the calls and their overlap per VM. */
-function gateUpdates(hv: FakeHypervisor) {
+function gateUpdates(hv: FakeHypervisor, only?: string) {
   const real = hv.updateDevice.bind(hv);
   const waiting: (() => void)[] = [];
   const calls: string[] = [];
@@ -77,7 +78,7 @@ function gateUpdates(hv: FakeHypervisor) {
     running.set(vmId, n);
     if (n > 1) overlap += 1;
     try {
-      if (gated) await new Promise<void>((r) => waiting.push(r));
+      if (gated && (only === undefined || only === vmId)) await new Promise<void>((r) => waiting.push(r));
       await real(vmId, drive, source);
     } finally {
       running.set(vmId, (running.get(vmId) ?? 1) - 1);
@@ -195,19 +196,12 @@ describe('registry: a hung call holds its drive', () => {
     const h = host({ stepTimeoutMs: 50 });
     const holder = h.vm(ISO_A);
     const loader = h.vm();
-    const gate = gateUpdates(h.hv);
+    const gate = gateUpdates(h.hv, loader);
     const load = h.submit(loader, ISO_A); // prepares A, then hangs in updateDevice
     await sleep(100);
+    expect(gate.waiting()).toBe(1);
+    expect(h.registry.hungCalls).toBe(1);
     expect(h.claims.claimedByOthers(ISO_A)).toBe(true);
-    // the holder ejects (its own update would be gated: let updates through, except the hung one)
-    const waitingBefore = gate.waiting();
-    expect(waitingBefore).toBe(1);
-    const realUpdate = h.hv.updateDevice;
-    let hung: (() => void) | null = null;
-    h.hv.updateDevice = async (vmId, drive, source) => {
-      if (vmId === loader) return realUpdate(vmId, drive, source);
-      return FakeHypervisor.prototype.updateDevice.call(h.hv, vmId, drive, source);
-    };
     const eject = h.submit(holder, null);
     await eject.done;
     const ejected = h.settled.find((s) => s.vmId === holder)?.final;
@@ -215,8 +209,7 @@ describe('registry: a hung call holds its drive', () => {
     expect(ejected?.kind === 'result' && ejected.result.warnings.map((w) => w.code)).toEqual(['VOLUME_IN_USE']);
     expect(h.storage.activeVolumeIds()).toEqual([ISO_A.volumeID]);
 
-    hung = gate.release;
-    hung();
+    gate.release();
     await load.done;
     const loaded = h.settled.find((s) => s.vmId === loader)?.final;
     expect(loaded?.kind === 'result' && `${loaded.result.outcome}:${loaded.result.action}`).toBe('completed:load');
