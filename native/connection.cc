@@ -223,9 +223,15 @@ Napi::Value Connection::Close(const Napi::CallbackInfo& info) {
   }
   virConnectPtr conn = conn_;
   conn_ = nullptr;
+  // The JS object's reference on the callback context is dropped once the connection is
+  // closed, here on the main thread, not later from a GC finalizer: at process exit the
+  // environment tears the thread-safe function down first, and releasing it from a
+  // finalizer then aborts the process.
+  CallbackContext* ctx = ctx_;
+  ctx_ = nullptr;
   auto mtx = eventsMutex_;
   auto ids = eventIds_;
-  return PromiseWorker::Start(
+  auto closing = PromiseWorker::Start(
       env, "virConnectClose failed",
       [conn, mtx, ids]() {
         {
@@ -239,7 +245,11 @@ Napi::Value Connection::Close(const Napi::CallbackInfo& info) {
         // >0 only means domain handles still reference it; they release it later.
         return virConnectClose(conn) >= 0;
       },
-      nullptr);
+      [ctx](Napi::Env e) -> Napi::Value {
+        if (ctx != nullptr) ctx->Unref();
+        return e.Undefined();
+      });
+  return closing;
 }
 
 Napi::Value Connection::IsAlive(const Napi::CallbackInfo& info) {

@@ -1,4 +1,4 @@
-import { CdromError } from '../../domain/errors.js';
+import { CdromError, isCdromError } from '../../domain/errors.js';
 import type { Logger } from '../../domain/logger.js';
 import { withDeadline } from './events.link.js';
 import type { NativeConnection, NativeDomain } from './virt.native.js';
@@ -186,8 +186,15 @@ export class ConnectionPool {
   }
 
   private async openOne(): Promise<PooledConnection> {
-    // A late open is closed when it lands rather than leaked.
-    const conn = await withDeadline(this.opts.open(), this.opts.openTimeoutMs, 'opening a libvirt connection', (late) => void late.close().catch(() => undefined));
+    let conn: NativeConnection;
+    try {
+      // A late open is closed when it lands rather than leaked.
+      conn = await withDeadline(this.opts.open(), this.opts.openTimeoutMs, 'opening a libvirt connection', (late) => void late.close().catch(() => undefined));
+    } catch (err) {
+      if (isCdromError(err)) throw err;
+      // libvirtd down or restarting: infrastructure trouble, the command is retried
+      throw new CdromError('INTERNAL', `cannot connect to libvirt: ${err instanceof Error ? err.message : String(err)}`, { retryable: true, cause: err });
+    }
     if (this.closed) {
       await conn.close().catch(() => undefined);
       throw new CdromError('INTERNAL', 'hypervisor adapter is closed');
