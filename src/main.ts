@@ -74,7 +74,7 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
     claims,
     observe: ({ row }) => metrics.recoveryActions.inc({ row }),
   });
-  metrics.countHungCalls(() => registry.hungCalls + hypervisor.hungCalls);
+  metrics.countHungCalls(() => hypervisor.hungCalls + registry.hungStorageCalls);
   return {
     executor: registry,
     recover: async () => {

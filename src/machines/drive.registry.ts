@@ -8,7 +8,7 @@ import type { Attempt, Execution } from '../domain/outcome.js';
 import { VolumeClaims } from '../domain/volume-claims.js';
 import type { Activities } from './cdrom.activities.js';
 import { createCdromMachine, type CdromEvent, type CdromMachine, type Settlement } from './cdrom.machine.js';
-import { backoffDelay, type CommandExecutor, type CommandTicket, type RetryPolicy } from './executor.js';
+import { backoffDelay, settle, type CommandExecutor, type CommandTicket, type FinalExecution, type RetryPolicy } from './executor.js';
 import { Deadlines, StepRunner, type HungStep } from './step-runner.js';
 
 /**
@@ -92,6 +92,7 @@ export class DriveRegistry implements CommandExecutor {
   private readonly idle = new Map<string, Slot>();
   private sweeper: NodeJS.Timeout | null = null;
   private hung = 0;
+  private hungStorage = 0;
   private readonly sleepers = new Set<() => void>();
 
   constructor(private readonly opts: RegistryOptions) {
@@ -107,9 +108,14 @@ export class DriveRegistry implements CommandExecutor {
     this.closing = new Promise((resolve) => (this.close = resolve));
   }
 
-  /** Steps that outlived their deadline and whose call has not returned yet (`cdrom_hung_calls`). */
+  /** Steps that outlived their deadline and whose call has not returned yet. */
   get hungCalls(): number {
     return this.hung;
+  }
+
+  /** Of those, the storage steps (prepare, teardown): libvirt counts its own hung calls. */
+  get hungStorageCalls(): number {
+    return this.hungStorage;
   }
 
   submit(command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'> {
@@ -274,15 +280,9 @@ export class DriveRegistry implements CommandExecutor {
     return this.settle(ticket, { kind: 'exhausted', error: lastError, ...(lastAttempt ? { attempt: lastAttempt } : {}), attempts, startedAt, finishedAt: this.now() }, ids);
   }
 
-  private async settle(ticket: CommandTicket, final: Parameters<CommandTicket['settle']>[0], ids: object): Promise<'settled' | 'abandoned'> {
-    try {
-      await ticket.settle(final);
-      return 'settled';
-    } catch (err) {
-      // Only a lost bus gets here: the message stays unacknowledged and is redelivered.
-      this.log.warn({ ...ids, err }, 'could not settle the command; it will be redelivered');
-      return 'abandoned';
-    }
+  private settle(ticket: CommandTicket, final: FinalExecution, ids: object): Promise<'settled' | 'abandoned'> {
+    // Only a lost bus fails a settle: the message stays unacknowledged and is redelivered.
+    return settle(ticket, final, (err) => this.log.warn({ ...ids, err }, 'could not settle the command; it will be redelivered'));
   }
 
   private async runOnce(slot: Slot, command: ChangeCdCommand): Promise<Execution> {
@@ -358,10 +358,13 @@ export class DriveRegistry implements CommandExecutor {
 
   private onHang(h: HungStep): void {
     const { vmId, drive } = (h.actor.getSnapshot() as { context: { vmId: string; drive: string } }).context;
+    const storage = h.step === 'prepareVolume' || h.step === 'teardownVolume';
     this.hung += 1;
+    if (storage) this.hungStorage += 1;
     this.log.warn({ vmId, drive, call: h.what, timeoutMs: this.opts.stepTimeoutMs }, 'call hung: the drive is held until it returns');
     void h.settled.then(() => {
       this.hung -= 1;
+      if (storage) this.hungStorage -= 1;
       this.log.info({ vmId, drive, call: h.what, durationMs: Date.now() - h.startedAt }, 'hung call returned');
     });
   }

@@ -122,11 +122,13 @@ export function inPlace(inner: AttemptExecutor, policy: RetryPolicy, onRetry?: (
   };
 }
 
-async function settle(ticket: CommandTicket, final: FinalExecution): Promise<'settled' | 'abandoned'> {
+/** Settles through the ticket; a ticket that cannot (the bus is gone) leaves the command abandoned. */
+export async function settle(ticket: CommandTicket, final: FinalExecution, onError?: (err: unknown) => void): Promise<'settled' | 'abandoned'> {
   try {
     await ticket.settle(final);
     return 'settled';
-  } catch {
+  } catch (err) {
+    onError?.(err);
     return 'abandoned';
   }
 }

@@ -63,6 +63,8 @@ export class Deadlines {
 /** What the runner says about a step that outlived its deadline. */
 export interface HungStep {
   readonly actor: AnyActorRef;
+  /** the activity, e.g. `updateDevice` */
+  readonly step: string;
   /** what the step does, e.g. "changing the media (updateDeviceFlags)" */
   readonly what: string;
   readonly startedAt: number;
@@ -123,7 +125,7 @@ export class StepRunner {
     set.add(tracked);
     const cancel = this.deadlines.add(() => {
       if (finished) return;
-      this.onHang?.({ actor: self, what, startedAt, settled: tracked });
+      this.onHang?.({ actor: self, step: doneType.replace(/\.done$/, ''), what, startedAt, settled: tracked });
       settle({ type: 'step.error', error: new CdromError('TIMEOUT', `${what} took longer than ${this.deadlines.timeoutMs} ms`, { retryable: true }) });
     });
   }
