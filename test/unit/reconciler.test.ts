@@ -156,6 +156,40 @@ describe('reconciler', () => {
     expect(md).toContain('<ovirt-vm:device devtype="disk" name="sdc"/>');
     expect(md).toContain('<ovirt-vm:clusterVersion>4.5</ovirt-vm:clusterVersion>');
   });
+
+  it('reconciles every domain after the hypervisor connection came back (events were missed)', async () => {
+    const w = makeWorld();
+    const r = reconcilerFor(w);
+    r.start();
+    try {
+      const halfLoaded = randomUUID();
+      w.hv.addVm(halfLoaded, { drives: { sdc: { type: 'block', path: blockPath(ISO_B) } }, metadata: { [OVIRT_VM_NS.uri]: fixture('changing') } });
+      w.storage.activate(ISO_A);
+      w.storage.activate(ISO_B);
+      w.hv.emit({ kind: 'reconnected' });
+      for (let i = 0; i < 100 && ((await w.hv.getMetadata(halfLoaded, OVIRT_VM_NS)) ?? '').includes('state='); i++) await new Promise((res) => setTimeout(res, 10));
+      expect((await w.hv.getMetadata(halfLoaded, OVIRT_VM_NS)) ?? '').not.toContain('state=');
+      expect(w.active()).toEqual([ISO_B.volumeID]);
+    } finally {
+      r.stop();
+    }
+  });
+
+  it('a pass requested while one runs is followed by a pass that reads after the request', async () => {
+    const w = makeWorld();
+    const r = reconcilerFor(w);
+    const first = r.reconcileAll();
+    const vm = randomUUID();
+    w.hv.addVm(vm, { drives: { sdc: { type: 'block', path: blockPath(ISO_B) } }, metadata: { [OVIRT_VM_NS.uri]: fixture('changing') } });
+    w.storage.activate(ISO_A);
+    w.storage.activate(ISO_B);
+    const after = r.reconcileAfter();
+    expect(after).not.toBe(first);
+    await first;
+    const report = await after;
+    expect(report.domains).toBe(2);
+    expect((await w.hv.getMetadata(vm, OVIRT_VM_NS)) ?? '').not.toContain('state=');
+  });
 });
 
 /** The fake with the optional one-read DrivesReader the libvirt adapter has. */
