@@ -46,11 +46,27 @@ describe('libvirt connection pool', () => {
     const p = pool(conns, { perConnection: 3 }); // two places: one kept below the limit
     const gates = [gate(), gate(), gate()];
     const on: number[] = [];
-    const calls = gates.map((g) => p.with((lease) => ((on.push(lease.c.id), p.call(lease, 'x', 'read', () => g.p)))));
+    const calls = gates.map((g) => p.with('vm1', (lease) => ((on.push(lease.c.id), p.call(lease, 'x', 'read', () => g.p)))));
     await sleep(10);
     expect(on).toEqual([1, 1, 2]);
     for (const g of gates) g.release();
     await Promise.all(calls);
+  });
+
+  it('serves one VM per connection at a time: a call never waits behind another VM`s hung call', async () => {
+    const conns = fakeConnections();
+    const p = pool(conns);
+    const g = gate();
+    const on: Record<string, number> = {};
+    const vm1 = p.with('vm1', (lease) => ((on['vm1'] = lease.c.id), p.call(lease, 'x', 'read', () => g.p)));
+    await sleep(5);
+    await p.with('vm2', (lease) => Promise.resolve((on['vm2'] = lease.c.id)));
+    await p.with(null, (lease) => Promise.resolve((on['list'] = lease.c.id)));
+    expect(on['vm1']).toBe(1);
+    expect(on['vm2']).toBe(2);
+    expect(on['list']).toBe(2); // idle again after vm2
+    g.release();
+    await vm1;
   });
 
   it('a hung read fails with TIMEOUT; its place stays taken until it returns; the connection is retired and closed after', async () => {
@@ -58,12 +74,13 @@ describe('libvirt connection pool', () => {
     const p = pool(conns, { callTimeoutMs: 30 });
     const g = gate();
     let hungOn: Lease | null = null;
-    const read = p.with((lease) => ((hungOn = lease), p.call(lease, 'XMLDesc', 'read', () => g.p)));
+    const read = p.with('vm1', (lease) => ((hungOn = lease), p.call(lease, 'XMLDesc', 'read', () => g.p)));
     await expect(read).rejects.toMatchObject({ code: 'TIMEOUT', retryable: true });
     expect(p.hung).toBe(1);
     // new calls go to a new connection
-    const next = await p.with((lease) => Promise.resolve(lease.c.id));
+    const next = await p.with('vm1', (lease) => Promise.resolve(lease.c.id));
     expect(next).toBe(2);
+    expect(await p.with(null, (lease) => Promise.resolve(lease.c.id))).toBe(2);
     expect((hungOn as Lease | null)?.c.retiring).toBe(true);
     expect(conns.opened[0]?.closed).toBe(false); // closing it would not stop libvirtd's job
     g.release();
@@ -78,7 +95,7 @@ describe('libvirt connection pool', () => {
     const p = pool(conns, { callTimeoutMs: 20 });
     const g = gate();
     let settled = false;
-    const write = p.with((lease) => p.call(lease, 'updateDeviceFlags', 'write', () => g.p)).then((v) => ((settled = true), v));
+    const write = p.with('vm1', (lease) => p.call(lease, 'updateDeviceFlags', 'write', () => g.p)).then((v) => ((settled = true), v));
     await sleep(60);
     expect(settled).toBe(false);
     expect(p.hung).toBe(1);
@@ -90,7 +107,7 @@ describe('libvirt connection pool', () => {
   it('opening has a deadline, and a late connection is closed when it lands', async () => {
     const conns = fakeConnections({ openDelayMs: 80 });
     const p = pool(conns, { openTimeoutMs: 20 });
-    await expect(p.with(() => Promise.resolve(1))).rejects.toMatchObject({ code: 'TIMEOUT', retryable: true });
+    await expect(p.with(null, () => Promise.resolve(1))).rejects.toMatchObject({ code: 'TIMEOUT', retryable: true });
     await sleep(100);
     expect(conns.opened).toHaveLength(1);
     expect(conns.opened[0]?.closed).toBe(true);
@@ -98,7 +115,7 @@ describe('libvirt connection pool', () => {
 
   it('a failed open is retryable infrastructure trouble', async () => {
     const p = pool(fakeConnections({ failOpen: true }));
-    await expect(p.with(() => Promise.resolve(1))).rejects.toMatchObject({ code: 'INTERNAL', retryable: true });
+    await expect(p.with(null, () => Promise.resolve(1))).rejects.toMatchObject({ code: 'INTERNAL', retryable: true });
   });
 
   it('dropping a failed connection leaves the others alone', async () => {
@@ -106,14 +123,14 @@ describe('libvirt connection pool', () => {
     const p = pool(conns, { perConnection: 2 }); // one place per connection
     const g = gate();
     let first: Lease | null = null;
-    const busy = p.with((lease) => ((first = lease), p.call(lease, 'x', 'read', () => g.p)));
-    const second = await p.with((lease) => Promise.resolve(lease.c));
+    const busy = p.with('vm1', (lease) => ((first = lease), p.call(lease, 'x', 'read', () => g.p)));
+    const second = await p.with('vm2', (lease) => Promise.resolve(lease.c));
     expect(second.id).toBe(2);
     p.drop(second, 'connection error (test)');
     expect((first as Lease | null)?.c.dead).toBe(false);
     expect(conns.opened[1]?.closed).toBe(true);
     g.release();
     await busy;
-    expect(await p.with((lease) => Promise.resolve(lease.c.id))).toBe(1);
+    expect(await p.with('vm1', (lease) => Promise.resolve(lease.c.id))).toBe(1);
   });
 });

@@ -4,13 +4,15 @@ import { withDeadline } from './events.link.js';
 import type { NativeConnection, NativeDomain } from './virt.native.js';
 
 /**
- * The connections the adapter makes its calls on. libvirtd serves at most
- * `max_client_requests` (default 5) calls of one client connection at once, and a call
- * that hangs (a VM's QEMU monitor stopped answering, or libvirtd itself) keeps its place
- * there until it returns. So calls go to a connection with a free place, more
- * connections are opened as needed, and a connection with a stuck call takes no new ones
- * ("retiring"): it is closed once its calls have all returned. Closing it earlier would
- * not help: libvirtd finishes the job when QEMU answers, whoever waits for it.
+ * The connections the adapter makes its calls on. A call that hangs (a VM's QEMU monitor
+ * stopped answering, or libvirtd itself) holds up the other calls on its connection —
+ * measured here: with one VM's QEMU stopped, another VM's XMLDesc on the same connection
+ * waited as long as the hung updateDeviceFlags — and libvirtd serves at most
+ * `max_client_requests` (default 5) calls of one connection at once. So a connection
+ * serves one key (one VM) at a time, within that limit; more connections are opened as
+ * needed, and a connection with a stuck call takes no new ones ("retiring"): it is
+ * closed once its calls have all returned. Closing it earlier would not help: libvirtd
+ * finishes the job when QEMU answers, whoever waits for it.
  *
  * Every call has a deadline. A read that misses it fails with a retryable TIMEOUT (its
  * call is left to return on its own, still counted as stuck); a write (`mode: 'write'`)
@@ -26,6 +28,8 @@ export interface PooledConnection {
   readonly domains: Map<string, NativeDomain>;
   /** places taken: callers running on it, and calls they left behind that have not returned */
   inFlight: number;
+  /** the key (VM) its callers are for while it has any; null when idle or unkeyed */
+  key: string | null;
   stuck: number;
   retiring: boolean;
   dead: boolean;
@@ -67,7 +71,7 @@ export class ConnectionPool {
     this.log = opts.log;
     // One place below libvirtd's limit: a caller may have two quick calls out at once.
     this.perConnection = Math.max(1, (opts.maxCallsPerConnection ?? 5) - 1);
-    this.maxConnections = Math.max(1, opts.maxConnections ?? 16);
+    this.maxConnections = Math.max(1, opts.maxConnections ?? 32);
     this.log.debug({ perConnection: this.perConnection, maxConnections: this.maxConnections }, 'libvirt connection pool');
   }
 
@@ -81,11 +85,12 @@ export class ConnectionPool {
   }
 
   /**
-   * Runs `fn` on a connection with a free place. `fn` gets the connection (for its
-   * handles) and must make its libvirt calls through `call`.
+   * Runs `fn` on a connection with a free place that serves no other key now (`key`
+   * null: one that serves nobody). `fn` gets the connection (for its handles) and must
+   * make its libvirt calls through `call`.
    */
-  async with<T>(fn: (lease: Lease) => Promise<T>): Promise<T> {
-    const lease: Lease = { c: await this.acquire(), outstanding: 0, done: false };
+  async with<T>(key: string | null, fn: (lease: Lease) => Promise<T>): Promise<T> {
+    const lease: Lease = { c: await this.acquire(key), outstanding: 0, done: false };
     try {
       return await fn(lease);
     } finally {
@@ -150,11 +155,13 @@ export class ConnectionPool {
     await Promise.all(all.map((c) => c.conn.close().catch(() => undefined)));
   }
 
-  private async acquire(): Promise<PooledConnection> {
+  private async acquire(key: string | null): Promise<PooledConnection> {
     for (;;) {
       if (this.closed) throw new CdromError('INTERNAL', 'hypervisor adapter is closed');
-      const free = this.conns.find((c) => !c.retiring && !c.dead && c.inFlight < this.perConnection);
+      const usable = (c: PooledConnection): boolean => !c.retiring && !c.dead && c.inFlight < this.perConnection;
+      const free = (key === null ? undefined : this.conns.find((c) => usable(c) && c.key === key)) ?? this.conns.find((c) => usable(c) && c.inFlight === 0);
       if (free !== undefined) {
+        if (free.inFlight === 0) free.key = key;
         free.inFlight += 1; // the place is the caller's until release()
         return free;
       }
@@ -181,6 +188,7 @@ export class ConnectionPool {
 
   private release(c: PooledConnection): void {
     c.inFlight -= 1;
+    if (c.inFlight === 0) c.key = null;
     this.closeIfDone(c);
     this.wake();
   }
@@ -199,7 +207,7 @@ export class ConnectionPool {
       await conn.close().catch(() => undefined);
       throw new CdromError('INTERNAL', 'hypervisor adapter is closed');
     }
-    const c: PooledConnection = { id: this.nextId++, conn, domains: new Map(), inFlight: 0, stuck: 0, retiring: false, dead: false };
+    const c: PooledConnection = { id: this.nextId++, conn, domains: new Map(), inFlight: 0, key: null, stuck: 0, retiring: false, dead: false };
     this.conns.push(c);
     this.log.debug({ connection: c.id, open: this.conns.length }, 'libvirt connection opened');
     return c;

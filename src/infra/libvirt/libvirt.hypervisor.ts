@@ -198,7 +198,7 @@ export class LibvirtHypervisor implements HypervisorPort {
   }
 
   async listDomains(): Promise<DomainRef[]> {
-    const all = await this.pool.with((lease) => this.call(lease, 'list', 'list domains', 'read', () => lease.c.conn.listAllDomains(0)));
+    const all = await this.pool.with(null, (lease) => this.call(lease, 'list', 'list domains', 'read', () => lease.c.conn.listAllDomains(0)));
     return all.map((d) => ({ vmId: d.uuid, name: d.name, active: d.active }));
   }
 
@@ -347,7 +347,7 @@ export class LibvirtHypervisor implements HypervisorPort {
   /** Runs `fn` on a pooled connection with the domain's handle on that connection. */
   private onDomain<T>(vmId: string, fn: (lease: Lease, dom: NativeDomain) => Promise<T>): Promise<T> {
     if (this.closed) return Promise.reject(new CdromError('INTERNAL', 'hypervisor adapter is closed'));
-    return this.pool.with(async (lease) => fn(lease, await this.handle(lease, vmId)));
+    return this.pool.with(vmId.toLowerCase(), async (lease) => fn(lease, await this.handle(lease, vmId)));
   }
 
   private async handle(lease: Lease, vmId: string): Promise<NativeDomain> {
