@@ -26,9 +26,9 @@ void EventToJs(napi_env rawEnv, napi_value rawCb, void*, void* data) {
   std::unique_ptr<NativeEvent> e(static_cast<NativeEvent*>(data));
   if (rawEnv == nullptr || rawCb == nullptr) return;
   Napi::Env env(rawEnv);
-  Napi::HandleScope scope(env);
-  Napi::Function cb(env, rawCb);
   try {
+    Napi::HandleScope scope(env);
+    Napi::Function cb(env, rawCb);
     Napi::Object o = Napi::Object::New(env);
     o.Set("kind", e->kind);
     if (!e->uuid.empty()) o.Set("uuid", e->uuid);
@@ -44,7 +44,9 @@ void EventToJs(napi_env rawEnv, napi_value rawCb, void*, void* data) {
     cb.Call({o});
   } catch (const Napi::Error& err) {
     // Left pending, Node reports it as an uncaught exception: a listener bug must surface.
-    err.ThrowAsJavaScriptException();
+    ThrowToJsQuietly(rawEnv, err);
+  } catch (...) {
+    // A C callback: nothing may escape it.
   }
 }
 

@@ -171,11 +171,13 @@ namespace {
 void SettleOnJsThread(napi_env env, napi_value, void*, void* data) {
   std::unique_ptr<Settleable> item(static_cast<Settleable*>(data));
   if (env == nullptr) return;  // env torn down: nobody is waiting any more
-  Napi::HandleScope scope(env);
   try {
+    Napi::HandleScope scope(env);
     item->Settle(Napi::Env(env));
   } catch (const Napi::Error& e) {
-    e.ThrowAsJavaScriptException();
+    ThrowToJsQuietly(env, e);
+  } catch (...) {
+    // A C callback: nothing may escape it.
   }
 }
 

@@ -95,6 +95,17 @@ class SafeTsfn {
   bool open_ = false;
 };
 
+// Leaves `e` pending in JS (Node reports it as uncaught) without ever throwing in C++:
+// for C callbacks (tsfn call_js), where a C++ exception would end in std::terminate, and
+// where JS may no longer run (env teardown) so napi_throw itself fails.
+inline void ThrowToJsQuietly(napi_env env, const Napi::Error& e) noexcept {
+  try {
+    napi_value v = e.Value();
+    if (v != nullptr) napi_throw(env, v);
+  } catch (...) {
+  }
+}
+
 // A finished call, settled on the JS thread; dropped unsettled (env == nullptr in the
 // tsfn's callback) when its env was torn down meanwhile.
 struct Settleable {
