@@ -149,6 +149,35 @@ describe('native addon: lifetimes and error reports', () => {
     expect({ contexts: end.contexts, calls: end.calls, tsfns: end.tsfns }).toEqual({ contexts: start.contexts, calls: start.calls, tsfns: start.tsfns });
   });
 
+  it('closes a connection dropped without close() from its finalizer, on the executor', async () => {
+    const run = await runNode(
+      `
+      const virt = require(ADDON);
+      (async () => {
+        const start = virt.debugCounts();
+        const openAndDrop = async () => {
+          const conn = await virt.open(process.env.URI, () => {}, 0, 0);
+          await conn.registerDomainEvents();   // a live registration holds the connection open
+        };
+        for (let i = 0; i < 20; i++) await openAndDrop();
+        await new Promise((r) => setTimeout(r, 20));
+        for (let i = 0; i < 5; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 20)); }
+        const deadline = Date.now() + 5000;
+        const back = () => { const n = virt.debugCounts(); return n.connections === start.connections && n.contexts === start.contexts; };
+        while (!back() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        process.stdout.write(JSON.stringify({ start, end: virt.debugCounts() }) + '\\n');
+      })().catch((e) => { console.error(e); process.exit(3); });
+    `,
+      { nodeArgs: ['--expose-gc'], env: { URI: LIBVIRT_URI } },
+    );
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    const { start, end } = JSON.parse(run.stdout.trim()) as { start: Record<string, number>; end: Record<string, number> };
+    // Collected, and closed for real: the contexts go only once libvirt dropped every
+    // registration, which the close does.
+    expect({ connections: end.connections, contexts: end.contexts }).toEqual({ connections: start.connections, contexts: start.contexts });
+  });
+
   it('keeps the process alive while a call is pending, and not for an idle connection', async () => {
     const run = await runNode(`
       const virt = require(ADDON);
