@@ -197,7 +197,11 @@ Napi::Promise QueueDomainCall(Napi::Env env, virConnectPtr conn, const char* wha
         out->dom = call(ref->conn);
         return out->dom != nullptr;
       },
-      [out](Napi::Env e) { return Domain::Wrap(e, out->Take()); });
+      [out](Napi::Env e) {
+        Napi::Object dom = Domain::Wrap(e, out->dom);
+        out->Take();  // the Domain owns it now; until then `out` would free it
+        return dom;
+      });
 }
 
 }  // namespace

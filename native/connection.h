@@ -22,7 +22,7 @@ struct CallbackContext {
   void Ref() { refs.fetch_add(1); }
   void Unref() {
     if (refs.fetch_sub(1) == 1) {
-      tsfn->Release();
+      if (tsfn) tsfn->Release();  // null when creating it failed
       delete this;
     }
   }
