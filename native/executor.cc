@@ -18,10 +18,12 @@ Executor& Executor::Get() {
 
 void Executor::SpawnLocked() {
   threads_++;
+  starting_++;
   try {
     std::thread([this]() { Loop(); }).detach();
   } catch (...) {
     threads_--;
+    starting_--;
     throw;
   }
 }
@@ -29,8 +31,9 @@ void Executor::SpawnLocked() {
 void Executor::Submit(std::function<void()> task) {
   std::unique_lock<std::mutex> lock(m_);
   queue_.push_back(std::move(task));
-  // Each waiting thread takes one task; past them, a new thread unless at the cap.
-  if (waiting_ >= queue_.size()) {
+  // Each waiting or starting thread takes one task; past them, a new thread unless at
+  // the cap.
+  if (waiting_ + starting_ >= queue_.size()) {
     cv_.notify_one();
     return;
   }
@@ -54,6 +57,7 @@ void Executor::Release(std::function<void()> task) noexcept {
 
 void Executor::Loop() {
   std::unique_lock<std::mutex> lock(m_);
+  starting_--;
   for (;;) {
     while (queue_.empty()) {
       if (threads_ > max_) {  // the cap was lowered
@@ -87,7 +91,7 @@ void Executor::Configure(size_t maxThreads, std::chrono::milliseconds idleTimeou
   // Waiting threads re-read the timeout; a raised cap starts threads for queued work.
   cv_.notify_all();
   try {
-    while (threads_ < max_ && queue_.size() > waiting_) SpawnLocked();
+    while (threads_ < max_ && queue_.size() > waiting_ + starting_) SpawnLocked();
   } catch (const std::system_error&) {
     // Queued work waits for the threads there are.
   }

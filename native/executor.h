@@ -67,7 +67,8 @@ class Executor {
   std::deque<std::function<void()>> queue_;
   size_t threads_ = 0;
   size_t busy_ = 0;
-  size_t waiting_ = 0;  // threads blocked in cv_.wait, each will take one queued task
+  size_t waiting_ = 0;   // threads blocked in cv_.wait, each will take one queued task
+  size_t starting_ = 0;  // threads started and not yet in Loop(): each will take one too
   size_t max_ = 64;
   std::chrono::milliseconds idle_{10000};
 };

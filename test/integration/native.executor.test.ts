@@ -60,6 +60,32 @@ describe('native addon: the executor', () => {
     }
   });
 
+  it('past the cap, calls wait and run in arrival order', async () => {
+    const saved = virt.configureExecutor();
+    const conn = await virt.open('test:///default', () => undefined, 0, 0);
+    try {
+      virt.configureExecutor({ maxThreads: 1 });
+      await waitUntil(() => virt.executorStats().threads <= 1, 2_000, 'threads above the cap to retire');
+      const order: number[] = [];
+      let peakThreads = 0;
+      const calls = Array.from({ length: 20 }, (_, i) =>
+        conn.listAllDomains().then(() => {
+          order.push(i);
+          peakThreads = Math.max(peakThreads, virt.executorStats().threads);
+        }),
+      );
+      await Promise.all(calls);
+      expect(order).toEqual(Array.from({ length: 20 }, (_, i) => i));
+      expect(peakThreads).toBe(1);
+      // Raising the cap with nothing queued starts no thread.
+      virt.configureExecutor({ maxThreads: saved.maxThreads });
+      expect(virt.executorStats().threads).toBe(1);
+    } finally {
+      virt.configureExecutor(saved);
+      await conn.close();
+    }
+  });
+
   it('reports the control state of a domain', async () => {
     expect(await hungVm.domain.getControlInfo()).toEqual({ state: k.VIR_DOMAIN_CONTROL_OK, details: 0, stateTime: 0 });
   });
@@ -116,6 +142,8 @@ describe('native addon: the executor', () => {
       await new Promise((r) => setTimeout(r, 100));
       expect(queuedDone).toBe(false);
       virt.configureExecutor({ maxThreads: saved.maxThreads });
+      // One queued call, one new thread (not one per free slot up to the new cap).
+      expect(virt.executorStats().threads).toBe(during.busy + 1);
       expect(await queued).toContain(otherVm.uuid);
       expect(settledEarly).toBe(0);
 
