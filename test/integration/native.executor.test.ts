@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadVirt, type NativeConnection } from '../../src/infra/libvirt/virt.native.js';
-import { qemuPid, waitUntil } from '../support/native.js';
+import { LibvirtProxy, qemuPid, waitUntil } from '../support/native.js';
 import { LIBVIRT_URI, TestVms, type TestVm } from '../support/vm.js';
 
 /**
@@ -165,6 +165,35 @@ describe('native addon: the executor', () => {
       if (stopped) process.kill(pid, 'SIGCONT');
       await Promise.allSettled(hung);
       await Promise.allSettled([...conns, other].map((c) => c.close()));
+      virt.configureExecutor(saved);
+    }
+  });
+
+  it('leaves threads blocked on a libvirtd that stopped answering behind, and serves other connections', async () => {
+    const proxy = await LibvirtProxy.start();
+    const saved = virt.configureExecutor();
+    virt.configureExecutor({ idleTimeoutMs: 300 });
+    const calls: Promise<unknown>[] = [];
+    let conn: NativeConnection | undefined;
+    try {
+      conn = await virt.open(proxy.uri, () => undefined, 0, 0); // no keepalive: it waits for good
+      proxy.stop();
+      const n = 10; // twice libvirtd's max_client_requests: all still wait on our side
+      for (let i = 0; i < n; i++) calls.push(conn.listAllDomains());
+      await waitUntil(() => virt.executorStats().busy >= n, 5_000, `${n} busy threads`);
+      const fsBurst = await timed(Promise.all(Array.from({ length: 8 }, () => readFile(SELF))));
+      expect(fsBurst.ms).toBeLessThan(1_000);
+      const elsewhere = await timed(vms.conn.listAllDomains());
+      expect(elsewhere.value.map((d) => d.uuid)).toContain(otherVm.uuid);
+      expect(elsewhere.ms).toBeLessThan(1_000);
+      proxy.cont();
+      expect((await Promise.allSettled(calls)).map((r) => r.status)).toEqual(calls.map(() => 'fulfilled'));
+      await waitUntil(() => virt.executorStats().threads === 0, 5_000, 'idle threads to retire');
+    } finally {
+      proxy.cont();
+      await Promise.allSettled(calls);
+      await conn?.close();
+      await proxy.close();
       virt.configureExecutor(saved);
     }
   });

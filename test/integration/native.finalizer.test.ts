@@ -1,10 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runNode, waitUntil } from '../support/native.js';
+import { LibvirtProxy, runNode } from '../support/native.js';
 import { TestVms, type TestVm } from '../support/vm.js';
 
 /**
@@ -16,36 +11,24 @@ import { TestVms, type TestVm } from '../support/vm.js';
  * process measures how long its event loop stalls while the Domain is collected.
  */
 
-const LIBVIRT_SOCK = '/run/libvirt/libvirt-sock';
 const STOP_MS = 3_000;
 
 describe('native addon: finalizers', () => {
   let vms: TestVms;
   let vm: TestVm;
-  let dir: string;
 
   beforeAll(async () => {
     vms = await TestVms.open();
     vm = await vms.create({ persistent: false });
-    dir = await mkdtemp(join(tmpdir(), 'cdw-test-proxy-'));
   });
   afterAll(async () => {
     await vms?.cleanup();
-    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
 
   it("hands the last domain release (the connection's close RPC) to the executor, not the JS thread", async () => {
-    const sock = join(dir, 'libvirt.sock');
-    // One connection, then socat exits; its pid is the only process this test signals.
-    const proxy: ChildProcess = spawn('socat', [`UNIX-LISTEN:${sock},mode=600`, `UNIX-CONNECT:${LIBVIRT_SOCK}`], { stdio: 'ignore' });
-    let stopped = false;
+    const proxy = await LibvirtProxy.start();
     let resume: NodeJS.Timeout | undefined;
-    const cont = (): void => {
-      if (stopped && proxy.exitCode === null) proxy.kill('SIGCONT');
-      stopped = false;
-    };
     try {
-      await waitUntil(() => existsSync(sock), 5_000, 'the proxy socket');
       const script = `
         const virt = require(ADDON);
         (async () => {
@@ -67,27 +50,25 @@ describe('native addon: finalizers', () => {
       `;
       const run = await runNode(script, {
         nodeArgs: ['--expose-gc'],
-        env: { URI: `qemu+unix:///system?socket=${sock}`, VM: vm.name },
+        env: { URI: proxy.uri, VM: vm.name },
         timeoutMs: 30_000,
         onLine: (line, child) => {
           if (line !== 'ready') return;
-          proxy.kill('SIGSTOP');
-          stopped = true;
-          resume = setTimeout(cont, STOP_MS);
+          proxy.stop();
+          resume = setTimeout(() => proxy.cont(), STOP_MS);
           child.stdin?.write('go\n');
         },
       });
       expect(run.stderr).toBe('');
       expect(run.code).toBe(0);
       const result = JSON.parse(run.stdout.trim().split('\n').pop() ?? '{}') as { maxGapMs: number; domains: number | null };
-      // The Domain was collected, and JS kept running while its release waited on libvirtd.
+      // JS kept running while the Domain's release waited on libvirtd, and it was collected.
       process.stdout.write(`native.finalizer: longest event-loop gap ${result.maxGapMs} ms with libvirtd unreachable for ${STOP_MS} ms\n`);
       expect(result.maxGapMs).toBeLessThan(500);
       expect(result.domains).toBe(0);
     } finally {
       clearTimeout(resume);
-      cont();
-      if (proxy.exitCode === null) proxy.kill('SIGTERM');
+      await proxy.close();
     }
   });
 });

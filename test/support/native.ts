@@ -1,5 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -77,4 +80,53 @@ export async function countsBackTo(start: DebugCounts, timeoutMs = 5_000): Promi
 /** The pid of a running test VM's QEMU. */
 export async function qemuPid(vmName: string): Promise<number> {
   return Number((await readFile(`/run/libvirt/qemu/${vmName}.pid`, 'utf8')).trim());
+}
+
+/**
+ * A libvirtd that stops answering, without touching the shared libvirtd: a socat proxy of
+ * the test's own in front of its socket (one client connection, then socat exits).
+ * `stop()`/`cont()` signal only socat; `close()` resumes and ends it.
+ */
+export class LibvirtProxy {
+  private stopped = false;
+
+  private constructor(
+    readonly uri: string,
+    private readonly proc: ChildProcess,
+    private readonly dir: string,
+  ) {}
+
+  static async start(libvirtSock = '/run/libvirt/libvirt-sock'): Promise<LibvirtProxy> {
+    const dir = await mkdtemp(join(tmpdir(), 'cdw-test-proxy-'));
+    const sock = join(dir, 'libvirt.sock');
+    const proc = spawn('socat', [`UNIX-LISTEN:${sock},mode=600`, `UNIX-CONNECT:${libvirtSock}`], { stdio: 'ignore' });
+    const proxy = new LibvirtProxy(`qemu+unix:///system?socket=${sock}`, proc, dir);
+    try {
+      await waitUntil(() => existsSync(sock), 5_000, 'the proxy socket');
+    } catch (err) {
+      await proxy.close();
+      throw err;
+    }
+    return proxy;
+  }
+
+  stop(): void {
+    if (this.proc.exitCode !== null) return;
+    this.proc.kill('SIGSTOP');
+    this.stopped = true;
+  }
+
+  cont(): void {
+    if (this.stopped && this.proc.exitCode === null) this.proc.kill('SIGCONT');
+    this.stopped = false;
+  }
+
+  async close(): Promise<void> {
+    this.cont();
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      this.proc.kill('SIGTERM');
+      await once(this.proc, 'exit');
+    }
+    await rm(this.dir, { recursive: true, force: true });
+  }
 }
