@@ -63,7 +63,11 @@ export interface NativeDomain {
   getBlockInfo(disk: string): Promise<BlockInfo>;
   /**
    * Answered without taking the domain's job, so it works while another call on the
-   * domain hangs: OCCUPIED while the monitor waits for QEMU, JOB while a job runs.
+   * domain hangs: OCCUPIED while a job waits in QEMU's monitor, JOB while a job runs
+   * outside it, OK with no job, ERROR when the monitor failed. Any client's job counts,
+   * not only ours; and OK is also reported in the short window where a job has left the
+   * monitor but not yet ended. Rejects (VIR_ERR_OPERATION_INVALID) when the domain is
+   * not running.
    */
   getControlInfo(): Promise<ControlInfo>;
 }
