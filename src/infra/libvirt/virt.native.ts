@@ -63,10 +63,13 @@ export interface NativeDomain {
   getBlockInfo(disk: string): Promise<BlockInfo>;
   /**
    * Answered without taking the domain's job, so it works while another call on the
-   * domain hangs: OCCUPIED while a job waits in QEMU's monitor, JOB while a job runs
-   * outside it, OK with no job, ERROR when the monitor failed. Any client's job counts,
-   * not only ours; and OK is also reported in the short window where a job has left the
-   * monitor but not yet ended. Rejects (VIR_ERR_OPERATION_INVALID) when the domain is
+   * domain hangs. QEMU driver (libvirt 9): OK — no job at all (any client's job counts,
+   * not only ours); OCCUPIED — a job is in QEMU's monitor waiting for an answer
+   * (`stateTime` since it entered); JOB — an async job (migration, save…); ERROR with
+   * details MONITOR — the monitor failed; ERROR with details INTERNAL — a job is active
+   * outside the monitor, which libvirt calls a bug but also reports while a job waits,
+   * domain unlocked, for a QEMU event (a CD-ROM change waiting for the tray to open).
+   * Only OK says the job is over. Rejects (VIR_ERR_OPERATION_INVALID) when the domain is
    * not running.
    */
   getControlInfo(): Promise<ControlInfo>;
