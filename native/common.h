@@ -8,6 +8,7 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include <exception>
 #include <functional>
 #include <string>
 
@@ -119,7 +120,16 @@ class PromiseWorker : public Settleable {
   // In a pool thread.
   void Execute() {
     tlsHasCaptured = false;
-    if (!exec_()) {
+    bool ok = false;
+    try {
+      ok = exec_();
+    } catch (const std::exception& e) {
+      // Only std::bad_alloc and the like: still a rejection, never a lost promise.
+      virResetLastError();
+      tlsCaptured = VirtError{VIR_ERR_INTERNAL_ERROR, VIR_FROM_NONE, VIR_ERR_ERROR, what_ + ": " + e.what()};
+      tlsHasCaptured = true;
+    }
+    if (!ok) {
       failed_ = true;
       err_ = tlsHasCaptured ? tlsCaptured : CaptureError(what_.c_str());
     }

@@ -76,7 +76,11 @@ void Executor::Loop() {
     queue_.pop_front();
     busy_++;
     lock.unlock();
-    task();
+    try {
+      task();
+    } catch (...) {
+      // Tasks handle their own failures; this only keeps the thread's count right.
+    }
     // Whatever the task captured (handle references) is dropped here, in this thread.
     task = nullptr;
     lock.lock();
