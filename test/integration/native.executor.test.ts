@@ -134,8 +134,9 @@ describe('native addon: the executor', () => {
       expect(control.stateTime).toBeGreaterThan(0);
 
       // At the cap, calls wait (FIFO) for a thread instead of starting one.
-      virt.configureExecutor({ maxThreads: during.busy });
-      await waitUntil(() => virt.executorStats().threads === during.busy, 2_000, 'idle threads above the cap to retire');
+      // (The cap is the hung calls: `during` may count a thread still finishing a call.)
+      virt.configureExecutor({ maxThreads: hungCount });
+      await waitUntil(() => virt.executorStats().threads === hungCount, 2_000, 'threads above the cap to retire');
       let queuedDone = false;
       const queued = otherDom.xmlDesc(0).then((xml) => ((queuedDone = true), xml));
       expect(virt.executorStats().queued).toBe(1);
@@ -143,7 +144,7 @@ describe('native addon: the executor', () => {
       expect(queuedDone).toBe(false);
       virt.configureExecutor({ maxThreads: saved.maxThreads });
       // One queued call, one new thread (not one per free slot up to the new cap).
-      expect(virt.executorStats().threads).toBe(during.busy + 1);
+      expect(virt.executorStats().threads).toBe(hungCount + 1);
       expect(await queued).toContain(otherVm.uuid);
       expect(settledEarly).toBe(0);
 
@@ -183,9 +184,9 @@ describe('native addon: the executor', () => {
       await waitUntil(() => virt.executorStats().busy >= n, 5_000, `${n} busy threads`);
       const fsBurst = await timed(Promise.all(Array.from({ length: 8 }, () => readFile(SELF))));
       expect(fsBurst.ms).toBeLessThan(1_000);
-      const elsewhere = await timed(vms.conn.listAllDomains());
-      expect(elsewhere.value.map((d) => d.uuid)).toContain(otherVm.uuid);
-      expect(elsewhere.ms).toBeLessThan(1_000);
+      const elsewhere = await timed(otherVm.domain.xmlDesc(0)); // over vms.conn, straight to libvirtd
+      expect(elsewhere.value).toContain(otherVm.uuid);
+      expect(elsewhere.ms).toBeLessThan(2_000);
       proxy.cont();
       expect((await Promise.allSettled(calls)).map((r) => r.status)).toEqual(calls.map(() => 'fulfilled'));
       await waitUntil(() => virt.executorStats().threads === 0, 5_000, 'idle threads to retire');
