@@ -4,7 +4,9 @@
 #include "connection.h"
 #include "domain.h"
 
+#include <chrono>
 #include <mutex>
+#include <string>
 #include <thread>
 
 namespace virt {
@@ -22,7 +24,7 @@ void SilentErrorHandler(void*, virErrorPtr) {}
 
 // Keepalive, close callbacks and domain events all need libvirt's event loop, and it
 // must be registered before the first connection is opened. One loop per process.
-void EnsureEventLoop() {
+void EnsureEventLoop(Napi::Env env) {
   std::call_once(eventLoopOnce, []() {
     if (virEventRegisterDefaultImpl() < 0) return;
     eventLoopOk = true;
@@ -32,7 +34,8 @@ void EnsureEventLoop() {
       }
     }).detach();
   });
-  if (!eventLoopOk) throw std::runtime_error("virEventRegisterDefaultImpl failed");
+  // A Napi::Error becomes a JS exception; anything else would end in std::terminate.
+  if (!eventLoopOk) throw Napi::Error::New(env, "virEventRegisterDefaultImpl failed");
 }
 
 namespace {
@@ -109,6 +112,14 @@ Napi::Object Constants(Napi::Env env) {
   C(VIR_FROM_REMOTE);
   C(VIR_FROM_QEMU);
   C(VIR_FROM_DOMAIN);
+  C(VIR_DOMAIN_CONTROL_OK);
+  C(VIR_DOMAIN_CONTROL_JOB);
+  C(VIR_DOMAIN_CONTROL_OCCUPIED);
+  C(VIR_DOMAIN_CONTROL_ERROR);
+  C(VIR_DOMAIN_CONTROL_ERROR_REASON_NONE);
+  C(VIR_DOMAIN_CONTROL_ERROR_REASON_UNKNOWN);
+  C(VIR_DOMAIN_CONTROL_ERROR_REASON_MONITOR);
+  C(VIR_DOMAIN_CONTROL_ERROR_REASON_INTERNAL);
 #undef C
   SetConst(env, c, "HAS_METADATA_CHANGE_EVENT", LIBVIR_CHECK_VERSION(3, 0, 0) ? 1 : 0);
   return c;
@@ -118,6 +129,75 @@ Napi::Value LibVersion(const Napi::CallbackInfo& info) {
   unsigned long v = 0;
   if (virGetVersion(&v, nullptr, nullptr) < 0) throw Napi::Error::New(info.Env(), "virGetVersion failed");
   return Napi::Number::New(info.Env(), static_cast<double>(v));
+}
+
+uint32_t OptUint(Napi::Object o, const char* key, uint32_t min, uint32_t max, uint32_t fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  double n = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (!(n >= min && n <= max) || n != static_cast<double>(static_cast<uint32_t>(n))) {
+    throw Napi::RangeError::New(o.Env(), std::string(key) + " must be an integer in [" + std::to_string(min) + ", " +
+                                             std::to_string(max) + "]");
+  }
+  return static_cast<uint32_t>(n);
+}
+
+// configureExecutor({ maxThreads?, idleTimeoutMs? }) -> the settings now in force
+Napi::Value ConfigureExecutor(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Executor& ex = Executor::Get();
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    if (!info[0].IsObject()) throw Napi::TypeError::New(env, "configureExecutor({ maxThreads?, idleTimeoutMs? })");
+    Napi::Object o = info[0].As<Napi::Object>();
+    uint32_t maxThreads = OptUint(o, "maxThreads", 1, 4096, static_cast<uint32_t>(ex.MaxThreads()));
+    uint32_t idleMs = OptUint(o, "idleTimeoutMs", 1, 86400000, static_cast<uint32_t>(ex.IdleTimeout().count()));
+    ex.Configure(maxThreads, std::chrono::milliseconds(idleMs));
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("maxThreads", Napi::Number::New(env, static_cast<double>(ex.MaxThreads())));
+  out.Set("idleTimeoutMs", Napi::Number::New(env, static_cast<double>(ex.IdleTimeout().count())));
+  return out;
+}
+
+Napi::Value ExecutorStatsJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ExecutorStats s = Executor::Get().Stats();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("threads", Napi::Number::New(env, static_cast<double>(s.threads)));
+  o.Set("busy", Napi::Number::New(env, static_cast<double>(s.busy)));
+  o.Set("idle", Napi::Number::New(env, static_cast<double>(s.idle)));
+  o.Set("queued", Napi::Number::New(env, static_cast<double>(s.queued)));
+  return o;
+}
+
+Napi::Value DebugCountsJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DebugCounts& c = Counts();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("calls", Napi::Number::New(env, static_cast<double>(c.calls.load())));
+  o.Set("contexts", Napi::Number::New(env, static_cast<double>(c.contexts.load())));
+  o.Set("tsfns", Napi::Number::New(env, static_cast<double>(c.tsfns.load())));
+  o.Set("connections", Napi::Number::New(env, static_cast<double>(c.connections.load())));
+  o.Set("domains", Napi::Number::New(env, static_cast<double>(c.domains.load())));
+  return o;
+}
+
+// debugFailpoint(name, value): see DebugCounts. For tests only.
+Napi::Value DebugFailpoint(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) {
+    throw Napi::TypeError::New(env, "debugFailpoint(name, value)");
+  }
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  int value = info[1].As<Napi::Number>().Int32Value();
+  if (name == "listAllDomains.isActive") {
+    Counts().failListIsActive.store(value);
+  } else if (name == "registerDomainEvents") {
+    Counts().failEventRegistrationAt.store(value);
+  } else {
+    throw Napi::Error::New(env, "unknown failpoint " + name);
+  }
+  return env.Undefined();
 }
 
 Napi::Object InitExports(Napi::Env env, Napi::Object exports) {
@@ -131,9 +211,14 @@ Napi::Object InitExports(Napi::Env env, Napi::Object exports) {
   Napi::Function dom = Domain::Init(env);
   data->connectionCtor = Napi::Persistent(conn);
   data->domainCtor = Napi::Persistent(dom);
+  data->settler = Settler::New(env);
   env.SetInstanceData<AddonData>(data);
   exports.Set("open", Napi::Function::New(env, Connection::Open, "open"));
   exports.Set("libVersion", Napi::Function::New(env, LibVersion, "libVersion"));
+  exports.Set("configureExecutor", Napi::Function::New(env, ConfigureExecutor, "configureExecutor"));
+  exports.Set("executorStats", Napi::Function::New(env, ExecutorStatsJs, "executorStats"));
+  exports.Set("debugCounts", Napi::Function::New(env, DebugCountsJs, "debugCounts"));
+  exports.Set("debugFailpoint", Napi::Function::New(env, DebugFailpoint, "debugFailpoint"));
   exports.Set("Connection", conn);
   exports.Set("Domain", dom);
   exports.Set("constants", Constants(env));

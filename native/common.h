@@ -1,18 +1,21 @@
-// Shared pieces of the binding: libvirt error capture and the promise-returning
-// AsyncWorker every libvirt call runs in (so the event loop never blocks on libvirt).
+// Shared pieces of the binding: libvirt error capture and the promise-returning call
+// every libvirt call runs in (on the addon's executor, so the event loop never blocks on
+// libvirt and a hung call never holds a libuv thread).
 #pragma once
 
 #include <napi.h>
+#include "executor.h"
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include <exception>
 #include <functional>
 #include <string>
 
 namespace virt {
 
 // A copy of libvirt's thread-local last error, taken in the thread that failed:
-// virGetLastError() is per thread, so it must be read inside Execute(), never later.
+// virGetLastError() is per thread, so it must be read in the pool thread, never later.
 struct VirtError {
   int code = 0;
   int domain = 0;
@@ -56,35 +59,42 @@ inline Napi::Error MakeError(Napi::Env env, const VirtError& e) {
   return err;
 }
 
-// Runs `exec` on the libuv pool and settles a promise on the main thread. `exec`
-// returns false after a failed libvirt call; the error is captured right there.
-class PromiseWorker : public Napi::AsyncWorker {
+// Per-addon-instance state (the module may be loaded in several worker threads).
+struct AddonData {
+  Napi::FunctionReference connectionCtor;
+  Napi::FunctionReference domainCtor;
+  std::shared_ptr<Settler> settler;
+};
+
+// Runs `exec` on the addon's executor and settles a promise on the JS thread. `exec`
+// returns false after a failed libvirt call; the error is captured right there, in the
+// thread that failed. `done` builds the result on the JS thread; it is destroyed there
+// too, or in a pool thread when the env went away meanwhile.
+class PromiseWorker : public Settleable {
  public:
   using Exec = std::function<bool()>;
   using Done = std::function<Napi::Value(Napi::Env)>;
 
   static Napi::Promise Start(Napi::Env env, const char* what, Exec exec, Done done) {
-    auto* w = new PromiseWorker(env, what, std::move(exec), std::move(done));
-    Napi::Promise p = w->deferred_.Promise();
-    w->Queue();
+    auto* data = env.GetInstanceData<AddonData>();
+    auto d = Napi::Promise::Deferred::New(env);
+    Napi::Promise p = d.Promise();
+    auto* w = new PromiseWorker(data->settler, d, what, std::move(exec), std::move(done));
+    data->settler->Begin(env);
+    try {
+      Executor::Get().Submit([w]() { w->Execute(); });
+    } catch (const std::exception& e) {
+      data->settler->End(env);
+      delete w;
+      d.Reject(Napi::Error::New(env, std::string("cannot start a libvirt call: ") + e.what()).Value());
+    }
     return p;
   }
 
-  void Execute() override {
-    tlsHasCaptured = false;
-    if (!exec_()) {
-      failed_ = true;
-      err_ = tlsHasCaptured ? tlsCaptured : CaptureError(what_.c_str());
-    }
-    tlsHasCaptured = false;
-    // Drops the handle references the call captured here, in the pool thread: every
-    // libvirt entry point (virDomainFree too) resets the thread's last error, so this
-    // must come after the capture, and a last unref may be an RPC.
-    exec_ = nullptr;
-  }
+  ~PromiseWorker() override { Counts().calls--; }
 
-  void OnOK() override {
-    Napi::Env env = Env();
+  void Settle(Napi::Env env) override {
+    settler_->End(env);
     if (failed_) {
       deferred_.Reject(MakeError(env, err_).Value());
       return;
@@ -96,16 +106,43 @@ class PromiseWorker : public Napi::AsyncWorker {
     }
   }
 
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
  private:
-  PromiseWorker(Napi::Env env, const char* what, Exec exec, Done done)
-      : Napi::AsyncWorker(env, what),
-        deferred_(Napi::Promise::Deferred::New(env)),
+  PromiseWorker(std::shared_ptr<Settler> settler, Napi::Promise::Deferred deferred, const char* what, Exec exec,
+                Done done)
+      : settler_(std::move(settler)),
+        deferred_(deferred),
         what_(what),
         exec_(std::move(exec)),
-        done_(std::move(done)) {}
+        done_(std::move(done)) {
+    Counts().calls++;
+  }
 
+  // In a pool thread.
+  void Execute() {
+    tlsHasCaptured = false;
+    bool ok = false;
+    try {
+      ok = exec_();
+    } catch (const std::exception& e) {
+      // Only std::bad_alloc and the like: still a rejection, never a lost promise.
+      virResetLastError();
+      tlsCaptured = VirtError{VIR_ERR_INTERNAL_ERROR, VIR_FROM_NONE, VIR_ERR_ERROR, what_ + ": " + e.what()};
+      tlsHasCaptured = true;
+    }
+    if (!ok) {
+      failed_ = true;
+      err_ = tlsHasCaptured ? tlsCaptured : CaptureError(what_.c_str());
+    }
+    tlsHasCaptured = false;
+    // Drops the handle references the call captured here, in the pool thread: every
+    // libvirt entry point (virDomainFree too) resets the thread's last error, so this
+    // must come after the capture, and a last unref may be an RPC.
+    exec_ = nullptr;
+    std::shared_ptr<Settler> settler = settler_;
+    if (!settler->Post(this)) delete this;  // env gone: nobody to settle for
+  }
+
+  std::shared_ptr<Settler> settler_;
   Napi::Promise::Deferred deferred_;
   std::string what_;
   Exec exec_;
@@ -120,12 +157,6 @@ inline Napi::Promise RejectedPromise(Napi::Env env, const std::string& message) 
   return d.Promise();
 }
 
-// Per-addon-instance state (the module may be loaded in several worker threads).
-struct AddonData {
-  Napi::FunctionReference connectionCtor;
-  Napi::FunctionReference domainCtor;
-};
-
-void EnsureEventLoop();
+void EnsureEventLoop(Napi::Env env);
 
 }  // namespace virt

@@ -21,10 +21,14 @@ struct NativeEvent {
   std::string text;
 };
 
-void Deliver(CallbackContext* ctx, NativeEvent* ev) {
-  napi_status st = ctx->tsfn.NonBlockingCall(ev, [](Napi::Env env, Napi::Function cb, NativeEvent* e) {
-    std::unique_ptr<NativeEvent> owned(e);
-    if (env == nullptr || cb.IsEmpty()) return;
+// On the JS thread; env is null when the queue is drained at env teardown.
+void EventToJs(napi_env rawEnv, napi_value rawCb, void*, void* data) {
+  std::unique_ptr<NativeEvent> e(static_cast<NativeEvent*>(data));
+  if (rawEnv == nullptr || rawCb == nullptr) return;
+  Napi::Env env(rawEnv);
+  try {
+    Napi::HandleScope scope(env);
+    Napi::Function cb(env, rawCb);
     Napi::Object o = Napi::Object::New(env);
     o.Set("kind", e->kind);
     if (!e->uuid.empty()) o.Set("uuid", e->uuid);
@@ -37,14 +41,17 @@ void Deliver(CallbackContext* ctx, NativeEvent* ev) {
     if (e->kind == "metadata-change") o.Set("type", Napi::Number::New(env, e->event));
     if (!e->device.empty()) o.Set("device", e->device);
     if (e->kind == "metadata-change") o.Set("nsUri", e->hasText ? Napi::Value(Napi::String::New(env, e->text)) : env.Null());
-    try {
-      cb.Call({o});
-    } catch (const Napi::Error& err) {
-      // Left pending, Node reports it as an uncaught exception: a listener bug must surface.
-      err.ThrowAsJavaScriptException();
-    }
-  });
-  if (st != napi_ok) delete ev;
+    cb.Call({o});
+  } catch (const Napi::Error& err) {
+    // Left pending, Node reports it as an uncaught exception: a listener bug must surface.
+    ThrowToJsQuietly(rawEnv, err);
+  } catch (...) {
+    // A C callback: nothing may escape it.
+  }
+}
+
+void Deliver(CallbackContext* ctx, NativeEvent* ev) {
+  if (!ctx->tsfn->Call(ev)) delete ev;
 }
 
 NativeEvent* EventFor(const char* kind, virDomainPtr dom) {
@@ -105,6 +112,70 @@ struct ConnRef {
   ConnRef& operator=(const ConnRef&) = delete;
 };
 
+// Owns one reference on a CallbackContext; dropped wherever the holder dies.
+struct CtxRef {
+  CallbackContext* ctx;
+  explicit CtxRef(CallbackContext* c) : ctx(c) {}
+  ~CtxRef() {
+    if (ctx != nullptr) ctx->Unref();
+  }
+  CallbackContext* Take() {
+    CallbackContext* c = ctx;
+    ctx = nullptr;
+    return c;
+  }
+  CtxRef(const CtxRef&) = delete;
+  CtxRef& operator=(const CtxRef&) = delete;
+};
+
+// Deregisters everything and drops the caller's reference; runs in a pool thread. After
+// it, registrations are refused (ConnState::closed).
+bool CloseConnection(virConnectPtr conn, const std::shared_ptr<ConnState>& st) {
+  CallbackContext* closeCtx = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(st->mutex);
+    st->closed = true;
+    for (int id : st->eventIds) virConnectDomainEventDeregisterAny(conn, id);
+    st->eventIds.clear();
+    closeCtx = st->closeCbCtx;
+    st->closeCbCtx = nullptr;
+  }
+  if (closeCtx != nullptr) {
+    // Once this returns libvirt no longer calls OnClose (it holds its lock around it).
+    virConnectUnregisterCloseCallback(conn, OnClose);
+    closeCtx->Unref();
+  }
+  // A dead connection cannot deregister remotely; those errors do not matter now.
+  virResetLastError();
+  // >0 only means domain handles still reference it; they release it later.
+  return virConnectClose(conn) >= 0;
+}
+
+// A connection opened for JS but not handed over yet (its env may be gone by then):
+// closed on the executor, never on the JS thread.
+struct OwnedConn {
+  virConnectPtr conn = nullptr;
+  std::shared_ptr<ConnState> st = std::make_shared<ConnState>();
+  OwnedConn() = default;
+  ~OwnedConn() {
+    if (conn == nullptr) return;
+    virConnectPtr c = conn;
+    auto s = st;
+    Executor::Get().Release([c, s]() {
+      CloseConnection(c, s);
+      virResetLastError();
+    });
+  }
+  OwnedConn(const OwnedConn&) = delete;
+  OwnedConn& operator=(const OwnedConn&) = delete;
+};
+
+// The error a call reports without libvirt having set one.
+void CaptureOwn(int code, const char* message) {
+  tlsCaptured = VirtError{code, VIR_FROM_NONE, VIR_ERR_ERROR, message};
+  tlsHasCaptured = true;
+}
+
 std::string ReqString(const Napi::CallbackInfo& info, size_t i) {
   if (info.Length() <= i || !info[i].IsString()) throw Napi::TypeError::New(info.Env(), "expected a string");
   return info[i].As<Napi::String>().Utf8Value();
@@ -119,17 +190,17 @@ unsigned int OptFlags(const Napi::CallbackInfo& info, size_t i) {
 Napi::Promise QueueDomainCall(Napi::Env env, virConnectPtr conn, const char* what,
                               std::function<virDomainPtr(virConnectPtr)> call) {
   auto ref = std::make_shared<ConnRef>(conn);
-  auto out = std::make_shared<virDomainPtr>(nullptr);
+  auto out = std::make_shared<OwnedDomain>();
   return PromiseWorker::Start(
       env, what,
       [ref = std::move(ref), out, call]() mutable {
-        *out = call(ref->conn);
-        return *out != nullptr;
+        out->dom = call(ref->conn);
+        return out->dom != nullptr;
       },
       [out](Napi::Env e) {
-        virDomainPtr d = *out;
-        *out = nullptr;
-        return Domain::Wrap(e, d);
+        Napi::Object dom = Domain::Wrap(e, out->dom);
+        out->Take();  // the Domain owns it now; until then `out` would free it
+        return dom;
       });
 }
 
@@ -152,16 +223,28 @@ Napi::Function Connection::Init(Napi::Env env) {
 }
 
 Connection::Connection(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Connection>(info) {
-  if (info.Length() < 2 || !info[0].IsExternal() || !info[1].IsExternal()) {
+  if (info.Length() < 3 || !info[0].IsExternal() || !info[1].IsExternal() || !info[2].IsExternal()) {
     throw Napi::TypeError::New(info.Env(), "use open(uri, listener)");
   }
   conn_ = info[0].As<Napi::External<virConnect>>().Data();
   ctx_ = info[1].As<Napi::External<CallbackContext>>().Data();
+  state_ = info[2].As<Napi::External<ConnState>>().Data()->shared_from_this();
+  Counts().connections++;
 }
 
 Connection::~Connection() {
-  // A connection that was never closed is only unreferenced; closing would be an RPC
-  // on the main thread inside GC.
+  Counts().connections--;
+  // Never closed: closed now, but on the executor. A finalizer runs on the JS thread, and
+  // closing is an RPC (it would block JS for as long as libvirtd does not answer).
+  if (conn_ != nullptr) {
+    virConnectPtr conn = conn_;
+    conn_ = nullptr;
+    auto st = state_;
+    Executor::Get().Release([conn, st]() {
+      CloseConnection(conn, st);
+      virResetLastError();
+    });
+  }
   if (ctx_ != nullptr) ctx_->Unref();
 }
 
@@ -172,14 +255,16 @@ Napi::Value Connection::Open(const Napi::CallbackInfo& info) {
   if (info.Length() < 2 || !info[1].IsFunction()) throw Napi::TypeError::New(env, "listener must be a function");
   int interval = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 5;
   unsigned int count = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Uint32Value() : 3;
-  EnsureEventLoop();
+  EnsureEventLoop(env);
 
   auto* ctx = new CallbackContext();
-  ctx->tsfn = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "virt-events", 0, 1);
-  // Events must never keep the process alive on their own.
-  ctx->tsfn.Unref(env);
+  // One reference for the open call, handed to the Connection on success and dropped
+  // with the call otherwise (a failed open used to leak the context and its tsfn).
+  auto hold = std::make_shared<CtxRef>(ctx);
+  // Events must never keep the process alive on their own (SafeTsfn starts unref'd).
+  ctx->tsfn = SafeTsfn::New(env, info[1], "virt-events", EventToJs, nullptr);
 
-  auto out = std::make_shared<virConnectPtr>(nullptr);
+  auto out = std::make_shared<OwnedConn>();
   return PromiseWorker::Start(
       env, "virConnectOpen failed",
       [uri, out, ctx, interval, count]() {
@@ -190,22 +275,24 @@ Napi::Value Connection::Open(const Napi::CallbackInfo& info) {
           (void)ignored;
         }
         ctx->Ref();
-        if (virConnectRegisterCloseCallback(conn, OnClose, ctx, FreeContextRef) < 0) {
+        if (virConnectRegisterCloseCallback(conn, OnClose, ctx, nullptr) < 0) {
           ctx->Unref();
-          VirtError ignored = CaptureError("close callback");  // local drivers have none
+          VirtError ignored = CaptureError("close callback");
           (void)ignored;
+        } else {
+          out->st->closeCbCtx = ctx;
         }
-        *out = conn;
+        out->conn = conn;
         return true;
       },
-      [out, ctx](Napi::Env e) -> Napi::Value {
+      [out, hold](Napi::Env e) -> Napi::Value {
         auto* data = e.GetInstanceData<AddonData>();
-        if (*out == nullptr) {
-          ctx->Unref();
-          return e.Undefined();
-        }
-        return data->connectionCtor.New({Napi::External<virConnect>::New(e, *out),
-                                         Napi::External<CallbackContext>::New(e, ctx)});
+        Napi::Value conn = data->connectionCtor.New({Napi::External<virConnect>::New(e, out->conn),
+                                                     Napi::External<CallbackContext>::New(e, hold->ctx),
+                                                     Napi::External<ConnState>::New(e, out->st.get())});
+        out->conn = nullptr;
+        hold->Take();
+        return conn;
       });
 }
 
@@ -223,33 +310,12 @@ Napi::Value Connection::Close(const Napi::CallbackInfo& info) {
   }
   virConnectPtr conn = conn_;
   conn_ = nullptr;
-  // The JS object's reference on the callback context is dropped once the connection is
-  // closed, here on the main thread, not later from a GC finalizer: at process exit the
-  // environment tears the thread-safe function down first, and releasing it from a
-  // finalizer then aborts the process.
-  CallbackContext* ctx = ctx_;
+  // This object's context reference goes with the close: the listener is done with.
+  auto hold = std::make_shared<CtxRef>(ctx_);
   ctx_ = nullptr;
-  auto mtx = eventsMutex_;
-  auto ids = eventIds_;
-  auto closing = PromiseWorker::Start(
-      env, "virConnectClose failed",
-      [conn, mtx, ids]() {
-        {
-          std::lock_guard<std::mutex> lock(*mtx);
-          for (int id : *ids) virConnectDomainEventDeregisterAny(conn, id);
-          ids->clear();
-        }
-        virConnectUnregisterCloseCallback(conn, OnClose);
-        // A dead connection cannot deregister remotely; those errors do not matter now.
-        virResetLastError();
-        // >0 only means domain handles still reference it; they release it later.
-        return virConnectClose(conn) >= 0;
-      },
-      [ctx](Napi::Env e) -> Napi::Value {
-        if (ctx != nullptr) ctx->Unref();
-        return e.Undefined();
-      });
-  return closing;
+  auto st = state_;
+  return PromiseWorker::Start(
+      env, "virConnectClose failed", [conn, st, hold]() { return CloseConnection(conn, st); }, nullptr);
 }
 
 Napi::Value Connection::IsAlive(const Napi::CallbackInfo& info) {
@@ -297,14 +363,17 @@ Napi::Value Connection::ListAllDomains(const Napi::CallbackInfo& info) {
           char uuid[VIR_UUID_STRING_BUFLEN];
           if (virDomainGetUUIDString(doms[i], uuid) == 0) s.uuid = uuid;
           s.id = static_cast<int>(virDomainGetID(doms[i]));
-          int active = virDomainIsActive(doms[i]);
-          int persistent = virDomainIsPersistent(doms[i]);
+          bool failIsActive = Counts().failListIsActive.load() > 0 && Counts().failListIsActive.fetch_sub(1) > 0;
+          int active = virDomainIsActive(failIsActive ? nullptr : doms[i]);
+          // Not after a failure: the next call would reset the error being reported.
+          int persistent = active < 0 ? -1 : virDomainIsPersistent(doms[i]);
           if (active < 0 || persistent < 0) {
             // A domain that vanished between list and query is simply not listed.
             if (ok && virGetLastErrorCode() != VIR_ERR_NO_DOMAIN) {
-              CaptureNow("virDomainIsActive failed");
+              CaptureNow(active < 0 ? "virDomainIsActive failed" : "virDomainIsPersistent failed");
               ok = false;
             }
+            virResetLastError();
           } else {
             s.active = active == 1;
             s.persistent = persistent == 1;
@@ -358,14 +427,21 @@ Napi::Value Connection::CreateXML(const Napi::CallbackInfo& info) {
 
 Napi::Value Connection::RegisterDomainEvents(const Napi::CallbackInfo& info) {
   auto ref = std::make_shared<ConnRef>(Checked(info));
-  CallbackContext* ctx = ctx_;
-  auto mtx = eventsMutex_;
-  auto ids = eventIds_;
+  // The registrations take their own references; this one keeps the context alive
+  // while the call runs, whatever happens to this object meanwhile.
+  ctx_->Ref();
+  auto hold = std::make_shared<CtxRef>(ctx_);
+  auto st = state_;
   return PromiseWorker::Start(
       info.Env(), "virConnectDomainEventRegisterAny failed",
-      [ref = std::move(ref), ctx, mtx, ids]() mutable {
-        std::lock_guard<std::mutex> lock(*mtx);
-        if (!ids->empty()) return true;  // already registered: idempotent
+      [ref = std::move(ref), hold, st]() mutable {
+        std::lock_guard<std::mutex> lock(st->mutex);
+        if (st->closed) {
+          // close() came first: a registration now would hold the connection open.
+          CaptureOwn(VIR_ERR_INVALID_CONN, "connection is closed");
+          return false;
+        }
+        if (!st->eventIds.empty()) return true;  // already registered: idempotent
         struct Reg {
           int id;
           virConnectDomainEventGenericCallback cb;
@@ -378,16 +454,24 @@ Napi::Value Connection::RegisterDomainEvents(const Napi::CallbackInfo& info) {
             {VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, VIR_DOMAIN_EVENT_CALLBACK(OnMetadataChange)},
 #endif
         };
+        CallbackContext* ctx = hold->ctx;
+        int failAt = Counts().failEventRegistrationAt.exchange(-1);
+        int i = 0;
         for (const Reg& r : regs) {
           ctx->Ref();
-          int id = virConnectDomainEventRegisterAny(ref->conn, nullptr, r.id, r.cb, ctx, FreeContextRef);
+          int eventId = i++ == failAt ? -1 : r.id;  // -1: libvirt refuses it (failpoint)
+          int id = virConnectDomainEventRegisterAny(ref->conn, nullptr, eventId, r.cb, ctx, FreeContextRef);
           if (id < 0) {
-            // Registrations made so far stay in `ids` and go with deregister/close; the
-            // error is left in place for the worker to capture.
+            // All or nothing: a partial set left registered would make the next call
+            // report success while some events never come.
+            CaptureNow("virConnectDomainEventRegisterAny failed");
             ctx->Unref();
+            for (int made : st->eventIds) virConnectDomainEventDeregisterAny(ref->conn, made);
+            st->eventIds.clear();
+            virResetLastError();
             return false;
           }
-          ids->push_back(id);
+          st->eventIds.push_back(id);
         }
         return true;
       },
@@ -396,15 +480,19 @@ Napi::Value Connection::RegisterDomainEvents(const Napi::CallbackInfo& info) {
 
 Napi::Value Connection::DeregisterDomainEvents(const Napi::CallbackInfo& info) {
   auto ref = std::make_shared<ConnRef>(Checked(info));
-  auto mtx = eventsMutex_;
-  auto ids = eventIds_;
+  auto st = state_;
   return PromiseWorker::Start(
       info.Env(), "virConnectDomainEventDeregisterAny failed",
-      [ref = std::move(ref), mtx, ids]() mutable {
-        std::lock_guard<std::mutex> lock(*mtx);
+      [ref = std::move(ref), st]() mutable {
+        std::lock_guard<std::mutex> lock(st->mutex);
         bool ok = true;
-        for (int id : *ids) ok = virConnectDomainEventDeregisterAny(ref->conn, id) == 0 && ok;
-        ids->clear();
+        for (int id : st->eventIds) {
+          if (virConnectDomainEventDeregisterAny(ref->conn, id) != 0 && ok) {
+            CaptureNow("virConnectDomainEventDeregisterAny failed");
+            ok = false;
+          }
+        }
+        st->eventIds.clear();
         return ok;
       },
       nullptr);

@@ -7,7 +7,7 @@ namespace virt {
 
 namespace {
 
-// One reference held by an in-flight call; released in the worker thread because the
+// One reference held by an in-flight call; released in the pool thread because the
 // last unref of a remote handle may talk to libvirtd.
 struct DomRef {
   virDomainPtr dom;
@@ -50,6 +50,7 @@ Napi::Function Domain::Init(Napi::Env env) {
                          InstanceMethod<&Domain::Destroy>("destroy"),
                          InstanceMethod<&Domain::Undefine>("undefine"),
                          InstanceMethod<&Domain::GetBlockInfo>("getBlockInfo"),
+                         InstanceMethod<&Domain::GetControlInfo>("getControlInfo"),
                      });
 }
 
@@ -68,11 +69,22 @@ Domain::Domain(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Domain>(info) 
   if (name != nullptr) name_ = name;
   char uuid[VIR_UUID_STRING_BUFLEN];
   if (virDomainGetUUIDString(dom_, uuid) == 0) uuid_ = uuid;
+  Counts().domains++;
 }
 
 Domain::~Domain() {
-  // Only an unref; the connection is kept alive by libvirt while handles exist.
-  if (dom_ != nullptr) virDomainFree(dom_);
+  Counts().domains--;
+  // Freed on the executor: this finalizer runs on the JS thread, and after the
+  // connection's close() the last domain reference is the connection's last one, whose
+  // release is the close RPC (it blocked JS while libvirtd did not answer).
+  if (dom_ != nullptr) {
+    virDomainPtr d = dom_;
+    dom_ = nullptr;
+    Executor::Get().Release([d]() {
+      virDomainFree(d);
+      virResetLastError();
+    });
+  }
 }
 
 Napi::Value Domain::GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }
@@ -218,6 +230,28 @@ Napi::Value Domain::GetBlockInfo(const Napi::CallbackInfo& info) {
         o.Set("capacity", Napi::Number::New(env, static_cast<double>(out->capacity)));
         o.Set("allocation", Napi::Number::New(env, static_cast<double>(out->allocation)));
         o.Set("physical", Napi::Number::New(env, static_cast<double>(out->physical)));
+        return o;
+      });
+}
+
+}  // namespace virt
+
+namespace virt {
+
+// getControlInfo() -> { state, details, stateTime }. QEMU answers from its own state of
+// the monitor and job, without taking the domain's job: it works while a call on the
+// domain hangs, and says whether the monitor is still OCCUPIED by it.
+Napi::Value Domain::GetControlInfo(const Napi::CallbackInfo& info) {
+  auto ref = std::make_shared<DomRef>(dom_);
+  auto out = std::make_shared<virDomainControlInfo>();
+  return PromiseWorker::Start(
+      info.Env(), "virDomainGetControlInfo failed",
+      [ref = std::move(ref), out]() mutable { return virDomainGetControlInfo(ref->dom, out.get(), 0) == 0; },
+      [out](Napi::Env env) {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("state", Napi::Number::New(env, out->state));
+        o.Set("details", Napi::Number::New(env, out->details));
+        o.Set("stateTime", Napi::Number::New(env, static_cast<double>(out->stateTime)));
         return o;
       });
 }

@@ -4,7 +4,29 @@
 
 namespace virt {
 
-// A libvirt domain handle. Every method is one libvirt call on the libuv pool; the
+// A domain reference not handed to JS yet (its env may be gone by then): freed on the
+// executor, never on the JS thread.
+struct OwnedDomain {
+  virDomainPtr dom = nullptr;
+  OwnedDomain() = default;
+  ~OwnedDomain() {
+    if (dom == nullptr) return;
+    virDomainPtr d = dom;
+    Executor::Get().Release([d]() {
+      virDomainFree(d);
+      virResetLastError();
+    });
+  }
+  virDomainPtr Take() {
+    virDomainPtr d = dom;
+    dom = nullptr;
+    return d;
+  }
+  OwnedDomain(const OwnedDomain&) = delete;
+  OwnedDomain& operator=(const OwnedDomain&) = delete;
+};
+
+// A libvirt domain handle. Every method is one libvirt call on the executor; the
 // handle is referenced for the duration of each call so GC cannot free it mid-flight.
 class Domain : public Napi::ObjectWrap<Domain> {
  public:
@@ -28,6 +50,7 @@ class Domain : public Napi::ObjectWrap<Domain> {
   Napi::Value Destroy(const Napi::CallbackInfo& info);
   Napi::Value Undefine(const Napi::CallbackInfo& info);
   Napi::Value GetBlockInfo(const Napi::CallbackInfo& info);
+  Napi::Value GetControlInfo(const Napi::CallbackInfo& info);
 
   virDomainPtr dom_ = nullptr;
   std::string name_;

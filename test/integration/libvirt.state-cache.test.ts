@@ -50,8 +50,7 @@ function probedBinding(probe: Probe, opts: { lifecycle: boolean }): VirtBinding 
       },
     });
   return {
-    constants: real.constants,
-    libVersion: () => real.libVersion(),
+    ...real,
     open: async (uri, listener, interval, count): Promise<NativeConnection> => {
       const conn = await real.open(uri, (e) => (opts.lifecycle || e.kind !== 'lifecycle' ? listener(e) : undefined), interval, count);
       return bind(conn, { lookupByUUIDString: async (uuid: string) => domain(await conn.lookupByUUIDString(uuid)) });

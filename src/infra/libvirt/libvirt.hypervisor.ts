@@ -8,7 +8,7 @@ import { DomainStates, sameState, type DomainState } from './domain.cache.js';
 import { EventsLink } from './events.link.js';
 import { classifyLibvirtError, isConnectionError, libvirtCode, type LibvirtOperation } from './libvirt.errors.js';
 import { fromLibvirtMetadata, toLibvirtMetadata } from './metadata-ns.xml.js';
-import { loadVirt, type ControlInfo, type NativeDomain, type NativeEvent, type VirtBinding } from './virt.native.js';
+import { loadVirt, type NativeDomain, type NativeEvent, type VirtBinding } from './virt.native.js';
 
 export interface LibvirtHypervisorOptions {
   /** e.g. `qemu:///system` (CDROM_LIBVIRT_URI) */
@@ -393,12 +393,10 @@ export class LibvirtHypervisor implements HypervisorPort {
     this.log.warn({ vmId, call: context }, 'a write lost its connection; waiting until it can no longer land');
     for (let delay = 100; !this.closed; delay = Math.min(delay * 2, 1_000)) {
       try {
+        // Only OK says no job is running (any client's); it is answered without taking
+        // the domain's job, so it works while the job is still stuck.
         const over = await this.onDomain(vmId, async (lease, dom) => {
-          if (dom.getControlInfo === undefined) {
-            await this.call(lease, 'read', `XMLDesc of ${vmId}`, 'read', () => dom.xmlDesc(0), vmId);
-            return true;
-          }
-          const info = await this.call(lease, 'read', `control info of ${vmId}`, 'read', () => (dom.getControlInfo as () => Promise<ControlInfo>).call(dom), vmId);
+          const info = await this.call(lease, 'read', `control info of ${vmId}`, 'read', () => dom.getControlInfo(), vmId);
           return info.state === k.VIR_DOMAIN_CONTROL_OK;
         });
         if (over) {
@@ -406,7 +404,8 @@ export class LibvirtHypervisor implements HypervisorPort {
           return;
         }
       } catch (err) {
-        if (isCdromError(err) && err.code === 'VM_NOT_FOUND') return;
+        // gone, or not running any more (refused: OPERATION_INVALID): nothing can land
+        if (isCdromError(err) && (err.code === 'VM_NOT_FOUND' || !err.retryable)) return;
       }
       await new Promise((r) => setTimeout(r, delay));
     }

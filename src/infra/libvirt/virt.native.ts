@@ -6,8 +6,9 @@ import { fileURLToPath } from 'node:url';
 /**
  * Typed view of the project's own libvirt addon (native/, built to
  * build/Release/virt.node by `npm ci`). Every method returning a Promise runs its
- * libvirt call on the libuv pool; rejections are `VirtNativeError`s carrying libvirt's
- * `code` (virErrorNumber), `domain` (virErrorDomain) and message.
+ * libvirt call on the addon's own thread pool (never the libuv pool: a hung call must not
+ * starve fs or dns); rejections are `VirtNativeError`s carrying libvirt's `code`
+ * (virErrorNumber), `domain` (virErrorDomain) and message.
  */
 
 export interface VirtNativeError extends Error {
@@ -36,6 +37,16 @@ export interface BlockInfo {
   readonly physical: number;
 }
 
+/** virDomainGetControlInfo: the state of the domain's monitor and job. */
+export interface ControlInfo {
+  /** VIR_DOMAIN_CONTROL_OK / JOB / OCCUPIED / ERROR */
+  readonly state: number;
+  /** for ERROR: a VIR_DOMAIN_CONTROL_ERROR_REASON_* */
+  readonly details: number;
+  /** milliseconds spent in the current state (JOB, OCCUPIED), else 0 */
+  readonly stateTime: number;
+}
+
 export interface NativeDomain {
   readonly name: string;
   readonly uuid: string;
@@ -50,16 +61,18 @@ export interface NativeDomain {
   destroy(): Promise<void>;
   undefine(flags?: number): Promise<void>;
   getBlockInfo(disk: string): Promise<BlockInfo>;
-  /** virDomainGetControlInfo: whether the domain's monitor is free (OK) or busy with a job */
-  getControlInfo?(): Promise<ControlInfo>;
-}
-
-export interface ControlInfo {
-  /** VIR_DOMAIN_CONTROL_OK, _JOB, _OCCUPIED or _ERROR */
-  readonly state: number;
-  readonly details: number;
-  /** ms spent in the current state (not OK) */
-  readonly stateTime: number;
+  /**
+   * Answered without taking the domain's job, so it works while another call on the
+   * domain hangs. QEMU driver (libvirt 9): OK — no job at all (any client's job counts,
+   * not only ours); OCCUPIED — a job is in QEMU's monitor waiting for an answer
+   * (`stateTime` since it entered); JOB — an async job (migration, save…); ERROR with
+   * details MONITOR — the monitor failed; ERROR with details INTERNAL — a job is active
+   * outside the monitor, which libvirt calls a bug but also reports while a job waits,
+   * domain unlocked, for a QEMU event (a CD-ROM change waiting for the tray to open).
+   * Only OK says the job is over. Rejects (VIR_ERR_OPERATION_INVALID) when the domain is
+   * not running.
+   */
+  getControlInfo(): Promise<ControlInfo>;
 }
 
 export type NativeEvent =
@@ -107,7 +120,6 @@ export interface VirtConstants {
   readonly VIR_DOMAIN_EVENT_TRAY_CHANGE_CLOSE: number;
   readonly VIR_CONNECT_CLOSE_REASON_CLIENT: number;
   readonly VIR_CONNECT_CLOSE_REASON_EOF: number;
-  readonly VIR_DOMAIN_CONTROL_OK: number;
   readonly VIR_ERR_INTERNAL_ERROR: number;
   readonly VIR_ERR_NO_CONNECT: number;
   readonly VIR_ERR_INVALID_CONN: number;
@@ -135,8 +147,56 @@ export interface VirtConstants {
   readonly VIR_FROM_RPC: number;
   readonly VIR_FROM_REMOTE: number;
   readonly VIR_FROM_QEMU: number;
+  readonly VIR_DOMAIN_CONTROL_OK: number;
+  readonly VIR_DOMAIN_CONTROL_JOB: number;
+  readonly VIR_DOMAIN_CONTROL_OCCUPIED: number;
+  readonly VIR_DOMAIN_CONTROL_ERROR: number;
+  readonly VIR_DOMAIN_CONTROL_ERROR_REASON_NONE: number;
+  readonly VIR_DOMAIN_CONTROL_ERROR_REASON_UNKNOWN: number;
+  readonly VIR_DOMAIN_CONTROL_ERROR_REASON_MONITOR: number;
+  readonly VIR_DOMAIN_CONTROL_ERROR_REASON_INTERNAL: number;
   readonly HAS_METADATA_CHANGE_EVENT: number;
 }
+
+/** The addon's thread pool, process-wide (worker_threads share it). */
+export interface ExecutorStats {
+  /** threads alive: busy + idle */
+  readonly threads: number;
+  /** running a call (a hung call keeps its thread busy) */
+  readonly busy: number;
+  readonly idle: number;
+  /** calls waiting for a thread (only when `threads` is at `maxThreads`) */
+  readonly queued: number;
+}
+
+export interface ExecutorOptions {
+  /** Hard cap on threads; past it calls wait in FIFO order. Default 64. */
+  readonly maxThreads?: number;
+  /** An idle thread retires after this long. Default 10,000. */
+  readonly idleTimeoutMs?: number;
+}
+
+/** Live native objects, process-wide; for leak tests. */
+export interface DebugCounts {
+  /** calls started and not yet settled */
+  readonly calls: number;
+  /** per-connection callback contexts (freed once libvirt can no longer call them) */
+  readonly contexts: number;
+  /** thread-safe functions Node has not finalized yet (one per env for results, one per live connection) */
+  readonly tsfns: number;
+  /** Connection objects not yet garbage-collected */
+  readonly connections: number;
+  /** Domain objects not yet garbage-collected */
+  readonly domains: number;
+}
+
+/**
+ * Test-only failpoints, each a real libvirt failure made on purpose:
+ * `listAllDomains.isActive` — the next N domain queries of listAllDomains fail
+ * (VIR_ERR_INVALID_DOMAIN); `registerDomainEvents` — the next registerDomainEvents has its
+ * K-th (0-based) registration refused (VIR_ERR_INVALID_ARG); -1 clears it.
+ */
+export type DebugFailpoint = 'listAllDomains.isActive' | 'registerDomainEvents';
 
 export interface VirtBinding {
   /**
@@ -147,6 +207,11 @@ export interface VirtBinding {
   open(uri: string, listener: (event: NativeEvent) => void, keepAliveIntervalSec?: number, keepAliveCount?: number): Promise<NativeConnection>;
   /** libvirt library version, major * 1,000,000 + minor * 1,000 + release */
   libVersion(): number;
+  /** Changes the executor's settings (omitted ones stay); returns those now in force. */
+  configureExecutor(options?: ExecutorOptions): Required<ExecutorOptions>;
+  executorStats(): ExecutorStats;
+  debugCounts(): DebugCounts;
+  debugFailpoint(name: DebugFailpoint, value: number): void;
   readonly constants: VirtConstants;
 }
 
