@@ -170,7 +170,7 @@ export class CommandConsumer {
           'command finished',
         );
         this.deps.metrics?.commands.inc({ outcome: exec.result.outcome, action: exec.result.action });
-        this.failpoints.after('before-ack');
+        this.failpoints.after('before-ack', cmd.vmId);
         return 'ack';
       }
       lastError = exec.error;

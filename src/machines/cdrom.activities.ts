@@ -45,9 +45,9 @@ export interface Activities {
   recover(input: DriveRef): Promise<RecoveryReport>;
   editMetadata(input: DriveRef & { readonly edits: readonly MetadataEdit[]; readonly failpoint?: Failpoint }): Promise<void>;
   writeJournal(input: DriveRef & { readonly record: Omit<PendingRecord, 'status'> | Omit<DoneRecord, 'status'> }): Promise<void>;
-  prepareVolume(input: { readonly media: Media }): Promise<PreparedVolume>;
+  prepareVolume(input: DriveRef & { readonly media: Media }): Promise<PreparedVolume>;
   updateDevice(input: DriveRef & { readonly source: DriveSource | null }): Promise<void>;
-  teardownVolume(input: { readonly media: Media; readonly failpoint?: Failpoint }): Promise<TeardownResult>;
+  teardownVolume(input: DriveRef & { readonly media: Media; readonly failpoint?: Failpoint }): Promise<TeardownResult>;
 }
 
 export interface ActivityDeps {
@@ -163,33 +163,36 @@ export function createActivities(deps: ActivityDeps): Activities {
     recover,
 
     async editMetadata({ vmId, drive, edits, failpoint }) {
-      if (failpoint !== undefined) fp.before(failpoint);
+      if (failpoint !== undefined) fp.before(failpoint, vmId);
       if (edits.length > 0) await rewrite(vmId, OVIRT_VM_NS, mdCache, (md) => applyEdits(md, drive, edits));
-      if (failpoint !== undefined) fp.after(failpoint);
+      if (failpoint !== undefined) fp.after(failpoint, vmId);
     },
 
     async writeJournal({ vmId, record }) {
+      const failpoint = 'result' in record ? 'journal-done' : 'journal-pending';
+      fp.before(failpoint, vmId);
       // The journal namespace is this worker's own: inspect() has just read it, or we wrote it.
       await rewrite(vmId, JOURNAL_NS, journalCache, (journal) => ('result' in record ? journal.withDone(record) : journal.withPending(record)), true);
+      fp.after(failpoint, vmId);
     },
 
-    async prepareVolume({ media }) {
-      fp.before('prepare');
+    async prepareVolume({ vmId, media }) {
+      fp.before('prepare', vmId);
       const prepared = await storage.prepareVolume(media);
-      fp.after('prepare');
+      fp.after('prepare', vmId);
       return prepared;
     },
 
     async updateDevice({ vmId, drive, source }) {
-      fp.before('libvirt-update');
+      fp.before('libvirt-update', vmId);
       await hypervisor.updateDevice(vmId, drive, source);
-      fp.after('libvirt-update');
+      fp.after('libvirt-update', vmId);
     },
 
-    async teardownVolume({ media, failpoint }) {
-      if (failpoint !== undefined) fp.before(failpoint);
+    async teardownVolume({ vmId, media, failpoint }) {
+      if (failpoint !== undefined) fp.before(failpoint, vmId);
       const res = await storage.teardownVolume(media);
-      if (failpoint !== undefined) fp.after(failpoint);
+      if (failpoint !== undefined) fp.after(failpoint, vmId);
       return res;
     },
   };
