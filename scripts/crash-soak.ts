@@ -23,6 +23,7 @@ import {
   compileWorker,
   changeCd,
   observeDrive,
+  onlyDomains,
   openAdapters,
   setDrive,
   sleep,
@@ -94,7 +95,7 @@ async function main(): Promise<number> {
       const vm = pick([vm1, vm2]);
       commands.push(changeCd(vm.uuid, pick(media.get(vm.uuid) ?? [null]), randomUUID()));
     }
-    const env = { hostId, storageRoot: s.root, entry: compiled.entry, extraEnv: { CDROM_RETRY_LIMIT: '1000', CDROM_LOG_LEVEL: 'info' } };
+    const env = { hostId, storageRoot: s.root, entry: compiled.entry, domainFilter: onlyDomains(vm1.name, vm2.name), extraEnv: { CDROM_RETRY_LIMIT: '1000', CDROM_LOG_LEVEL: 'info' } };
     const logs: string[] = [];
     const startOne = async (): Promise<WorkerProcess> => startWorkerProcess(env, { readyTimeoutMs: 120_000 });
 
