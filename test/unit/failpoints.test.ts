@@ -207,6 +207,15 @@ describe('journal-pending and journal-done', () => {
     expect(h.updates).toHaveLength(1);
   });
 
+  it('journal-done:crash after a failed flow: its result is recorded, the redelivery answers the same failure', async () => {
+    const h = host('prepare:error,journal-done:crash', { a: null });
+    const { cmd } = h.run(VM_A, ISO_A);
+    expect(await h.crashed).toEqual({ source: null, drive: settled(null), journal: 'done', active: [] });
+    const e = await h.restart(cmd);
+    expect(e).toMatchObject({ kind: 'result', replayed: true, result: { outcome: 'failed', action: 'load', previous: null, current: null, error: { code: 'PREPARE_FAILED' } } });
+    expect(h.updates).toHaveLength(0);
+  });
+
   it('journal-pending:error fails the command before anything changes', async () => {
     const w = makeWorld({ failpoints: createFailpoints(parseFailpoints('journal-pending:error')) });
     const r = resultOf(await w.run(ISO_A));
