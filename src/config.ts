@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { isAbsolute } from 'node:path';
-import { parseFailpoints, type Failpoint, type FailpointAction } from './infra/failpoints.js';
+import { parseFailpoints, type FailpointRule } from './infra/failpoints.js';
 
 /**
  * The only reader of process.env (CONTRACT.md section 1). Everything is validated up
@@ -56,7 +56,8 @@ export interface Config extends BusConfig {
   readonly concurrency: number;
   readonly httpPort: number;
   readonly logLevel: LogLevel;
-  readonly failpoints: ReadonlyMap<Failpoint, FailpointAction>;
+  /** CDROM_FAILPOINT's items, in order (empty unless CDROM_ENABLE_FAILPOINTS=1) */
+  readonly failpoints: readonly FailpointRule[];
   readonly retry: RetryConfig;
   /** Upper bound of one libvirt or storage step; the executor turns it into TIMEOUT. */
   readonly stepTimeoutMs: number;
@@ -181,12 +182,12 @@ export function loadConfig(env: Env = process.env): Config {
   if (!(LOG_LEVELS as readonly string[]).includes(level)) {
     throw new ConfigError('CDROM_LOG_LEVEL', `must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(level)}`);
   }
-  let failpoints = new Map<Failpoint, FailpointAction>();
+  let failpoints: readonly FailpointRule[] = [];
   // Failpoints are parsed only when explicitly enabled, so a stray CDROM_FAILPOINT in a
   // production environment can neither crash the worker nor stop it from starting.
   if (flag(env, 'CDROM_ENABLE_FAILPOINTS', false)) {
     try {
-      failpoints = parseFailpoints(str(env, 'CDROM_FAILPOINT') ?? '');
+      failpoints = Object.freeze(parseFailpoints(str(env, 'CDROM_FAILPOINT') ?? ''));
     } catch (err) {
       throw new ConfigError('CDROM_FAILPOINT', (err as Error).message);
     }

@@ -1,7 +1,7 @@
 import type { Config } from './config.js';
 import { Bus } from './consumers/connection.js';
 import { CommandConsumer } from './consumers/commands.consumer.js';
-import { createFailpoints, type Failpoints } from './infra/failpoints.js';
+import { createFailpoints, formatFailpoint, type Failpoints } from './infra/failpoints.js';
 import { instrumentActivities } from './infra/instrumented-activities.js';
 import { startHttpServer, type HealthState, type HttpServer } from './infra/http.js';
 import { createLogger, type Logger } from './infra/logging.js';
@@ -113,8 +113,8 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   const logger = (options.logger ?? createLogger({ level: config.logLevel })).child({ hostId: config.hostId });
   const log = logger.child({ component: 'main' });
   const metrics = createMetrics();
-  const failpoints = createFailpoints(new Map(config.failpoints), options.crash);
-  if (config.failpoints.size > 0) log.warn({ failpoints: [...config.failpoints.entries()] }, 'failpoints enabled');
+  const failpoints = createFailpoints(config.failpoints, options.crash);
+  if (config.failpoints.length > 0) log.warn({ failpoints: config.failpoints.map(formatFailpoint) }, 'failpoints enabled');
 
   const health: HealthState = { ready: false, live: true };
   let recovered = false;

@@ -91,7 +91,8 @@ export async function runRecovery(config: Config, adapters: HostAdapters, vm: st
       return s;
     },
   };
-  const reconciler = new Reconciler({ hypervisor, storage, drives, log: logger, intervalMs: 0 });
+  // CDROM_DOMAIN_FILTER scopes it as it scopes the worker's own passes.
+  const reconciler = new Reconciler({ hypervisor, storage, drives, log: logger, intervalMs: 0, domainFilter: config.domainFilter });
   try {
     const r = await reconciler.reconcileAll(vm);
     return {

@@ -176,7 +176,7 @@ export class CommandConsumer {
           this.deps.metrics?.commands.inc({ outcome: 'failed', action: final.attempt?.action ?? 'none' });
           this.deps.metrics?.deadLettered.inc({ reason: 'retries-exhausted' });
         }
-        this.failpoints.after('before-ack');
+        this.failpoints.after('before-ack', cmd.vmId);
         this.ack(session, ch, msg);
       },
     });

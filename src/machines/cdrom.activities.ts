@@ -171,33 +171,36 @@ export function createActivities(deps: ActivityDeps): Activities {
     recover,
 
     async editMetadata({ vmId, drive, edits, failpoint }) {
-      if (failpoint !== undefined) fp.before(failpoint);
+      if (failpoint !== undefined) fp.before(failpoint, vmId);
       if (edits.length > 0) await rewrite(vmId, OVIRT_VM_NS, mdCache, (md) => applyEdits(md, drive, edits));
-      if (failpoint !== undefined) fp.after(failpoint);
+      if (failpoint !== undefined) fp.after(failpoint, vmId);
     },
 
     async writeJournal({ vmId, record }) {
+      const failpoint = 'result' in record ? 'journal-done' : 'journal-pending';
+      fp.before(failpoint, vmId);
       // The journal namespace is this worker's own: inspect() has just read it, or we wrote it.
       await rewrite(vmId, JOURNAL_NS, journalCache, (journal) => ('result' in record ? journal.withDone(record) : journal.withPending(record)), true);
+      fp.after(failpoint, vmId);
     },
 
-    async prepareVolume({ media }) {
-      fp.before('prepare');
+    async prepareVolume({ vmId, media }) {
+      fp.before('prepare', vmId);
       const prepared = await storage.prepareVolume(media);
-      fp.after('prepare');
+      fp.after('prepare', vmId);
       return prepared;
     },
 
     async updateDevice({ vmId, drive, source }) {
-      fp.before('libvirt-update');
+      fp.before('libvirt-update', vmId);
       await hypervisor.updateDevice(vmId, drive, source);
-      fp.after('libvirt-update');
+      fp.after('libvirt-update', vmId);
     },
 
     async teardownVolume({ vmId, drive, media, failpoint }) {
-      if (failpoint !== undefined) fp.before(failpoint);
+      if (failpoint !== undefined) fp.before(failpoint, vmId);
       const res = await teardown(media, { vmId, drive });
-      if (failpoint !== undefined) fp.after(failpoint);
+      if (failpoint !== undefined) fp.after(failpoint, vmId);
       return res;
     },
   };

@@ -134,10 +134,13 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       inspect: ({ context, self }) =>
         steps.run(self, 'inspect.done', 'reading the drive and its metadata', () => activities.inspect({ vmId: context.vmId, drive: context.drive, commandId: context.command?.commandId ?? null })),
       recover: ({ context, self }) => steps.run(self, 'recover.done', 'recovering the drive', () => activities.recover({ vmId: context.vmId, drive: context.drive })),
-      editMetadata: ({ context, self }, params: { edits: EditSet; failpoint?: Failpoint }) =>
-        steps.run(self, 'editMetadata.done', 'a metadata write', () =>
-          activities.editMetadata({ vmId: context.vmId, drive: context.drive, edits: editsOf(params.edits, context), ...(params.failpoint !== undefined ? { failpoint: params.failpoint } : {}) }),
-        ),
+      editMetadata: ({ context, self }, params: { edits: EditSet; failpoint?: Failpoint }) => {
+        // `rollback` marks the first undo step only; after a failed update that was the new volume's teardown.
+        const failpoint = params.failpoint === 'rollback' && context.prepared !== null ? undefined : params.failpoint;
+        return steps.run(self, 'editMetadata.done', 'a metadata write', () =>
+          activities.editMetadata({ vmId: context.vmId, drive: context.drive, edits: editsOf(params.edits, context), ...(failpoint !== undefined ? { failpoint } : {}) }),
+        );
+      },
       writeJournal: ({ context, self }, params: { record: 'pending' | 'completed' | 'failed' }) =>
         steps.run(self, 'writeJournal.done', 'a journal write', () => activities.writeJournal({ vmId: context.vmId, drive: context.drive, record: journalRecord(context, params.record) })),
       prepareVolume: ({ context, self }) => steps.run(self, 'prepareVolume.done', 'preparing the volume', () => activities.prepareVolume({ vmId: context.vmId, drive: context.drive, media: context.requested as Media })),
@@ -332,14 +335,14 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           teardownNew: {
-            entry: { type: 'teardownVolume', params: { volume: 'new' } },
+            entry: { type: 'teardownVolume', params: { volume: 'new', failpoint: 'rollback' } },
             on: {
               'teardownVolume.done': 'removeSpec',
               'step.error': { target: 'removeSpec', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
           },
           removeSpec: {
-            entry: { type: 'editMetadata', params: { edits: 'removeLoadingSpec' } },
+            entry: { type: 'editMetadata', params: { edits: 'removeLoadingSpec', failpoint: 'rollback' } },
             on: {
               'editMetadata.done': '#cdrom.recordingFailed',
               'step.error': { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the loading drive spec' } } },
@@ -374,7 +377,7 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           clearState: {
-            entry: { type: 'editMetadata', params: { edits: 'clearEjecting' } },
+            entry: { type: 'editMetadata', params: { edits: 'clearEjecting', failpoint: 'rollback' } },
             on: {
               'editMetadata.done': '#cdrom.recordingFailed',
               'step.error': { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing state="ejecting"' } } },
@@ -400,7 +403,7 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           forgetVolume: {
-            entry: { type: 'editMetadata', params: { edits: 'removeEjectedSpec' } },
+            entry: { type: 'editMetadata', params: { edits: 'removeEjectedSpec', failpoint: 'rollback' } },
             on: {
               'editMetadata.done': '#cdrom.recordingFailed',
               'step.error': { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'removing the ejected drive spec' } } },
@@ -446,14 +449,14 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             },
           },
           teardownNew: {
-            entry: { type: 'teardownVolume', params: { volume: 'new' } },
+            entry: { type: 'teardownVolume', params: { volume: 'new', failpoint: 'rollback' } },
             on: {
               'teardownVolume.done': 'undoSpecs',
               'step.error': { target: 'undoSpecs', actions: { type: 'warn', params: { code: 'TEARDOWN_FAILED', what: 'tearing down the new volume' } } },
             },
           },
           undoSpecs: {
-            entry: { type: 'editMetadata', params: { edits: 'undoSpecs' } },
+            entry: { type: 'editMetadata', params: { edits: 'undoSpecs', failpoint: 'rollback' } },
             on: {
               'editMetadata.done': '#cdrom.recordingFailed',
               'step.error': { target: '#cdrom.recordingFailed', actions: { type: 'warn', params: { code: 'METADATA_FAILED', what: 'restoring the drive specs' } } },

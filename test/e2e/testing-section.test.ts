@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ResultEvent } from '../../src/contracts/schemas.js';
 import type { Pdiv } from '../../src/domain/media.js';
 import { canUseLoopLvm, isoLabel } from '../support/storage.js';
+import { TrayWatch } from '../support/tray.js';
 import { TestVms, type TestVm } from '../support/vm.js';
 import {
   E2eStorage,
@@ -15,6 +16,7 @@ import {
   openAdapters,
   runCli,
   setDrive,
+  onlyDomains,
   startWorkerProcess,
   uniqueHostId,
   type WorkerEnv,
@@ -38,6 +40,7 @@ describe.skipIf(!canUseLoopLvm())('design page, Testing section (real RabbitMQ, 
   let vm: TestVm;
   let engine: Engine | null = null;
   let worker: WorkerProcess | null = null;
+  let tray: TrayWatch | null = null;
   let env: WorkerEnv;
   let isoA: Pdiv;
   let isoB: Pdiv;
@@ -55,13 +58,15 @@ describe.skipIf(!canUseLoopLvm())('design page, Testing section (real RabbitMQ, 
     await setDrive(adapters, storage, vm.uuid, null);
     await adapters.hypervisor.close();
     engine = await Engine.open(hostId);
-    env = { hostId, storageRoot: storage.root, entry: compiled.entry };
+    tray = await TrayWatch.open([vm.uuid]);
+    env = { hostId, storageRoot: storage.root, entry: compiled.entry, domainFilter: onlyDomains(vm.name) };
     worker = await startWorkerProcess(env);
   }, 180_000);
 
   afterAll(async () => {
     const exit = await worker?.stop();
     await engine?.close();
+    await tray?.close();
     const errors: unknown[] = [];
     await vms?.cleanup().catch((err: unknown) => errors.push(err));
     await storage?.remove().catch((err: unknown) => errors.push(err));
@@ -71,10 +76,15 @@ describe.skipIf(!canUseLoopLvm())('design page, Testing section (real RabbitMQ, 
     if (errors.length > 0) throw new AggregateError(errors, 'end-to-end cleanup failed');
   }, 120_000);
 
-  async function send(media: Pdiv | null, commandId?: string): Promise<ResultEvent> {
+  /** Sends a command and waits for its event; `changes`: the media changes the VM must see meanwhile. */
+  async function send(media: Pdiv | null, commandId?: string, changes = 1): Promise<ResultEvent> {
     const cmd = changeCd(vm.uuid, media, commandId);
-    await (engine as Engine).send(cmd);
-    const events = await (engine as Engine).waitFor(cmd.commandId, 1, 60_000);
+    let events: ResultEvent[] = [];
+    const seen = await (tray as TrayWatch).count(vm.uuid, async () => {
+      await (engine as Engine).send(cmd);
+      events = await (engine as Engine).waitFor(cmd.commandId, 1, 60_000);
+    });
+    expect(seen, 'media changes the VM saw (tray-change events)').toBe(changes);
     return events[events.length - 1] as ResultEvent;
   }
 
@@ -128,8 +138,13 @@ describe.skipIf(!canUseLoopLvm())('design page, Testing section (real RabbitMQ, 
     await expectDrive(isoA);
     // Put B back by another command; the repeat of the first must not change the drive again.
     expect(await send(isoB)).toMatchObject({ action: 'change', current: isoB });
-    await (engine as Engine).send(cmd);
-    const both = await (engine as Engine).waitFor(cmd.commandId, 2);
+    let both: ResultEvent[] = [];
+    const changes = await (tray as TrayWatch).count(vm.uuid, async () => {
+      await (engine as Engine).send(cmd);
+      both = await (engine as Engine).waitFor(cmd.commandId, 2);
+    });
+    // Not redone: the VM saw no media change (the end state alone would not tell).
+    expect(changes).toBe(0);
     const again = both[1] as ResultEvent;
     for (const k of ['type', 'action', 'previous', 'current'] as const) expect(again[k]).toEqual(first[k]);
     await expectDrive(isoB);

@@ -55,10 +55,10 @@ function alive(pid: number): boolean {
 }
 
 /**
- * Every worker reconciles every domain on the host at startup, so two end-to-end files
- * running at once (vitest runs files in parallel) would recover each other's VMs in the
- * middle of a flow. They take turns through this lock file; a holder that died is
- * detected by its pid. Returns the release function.
+ * End-to-end files take turns (vitest runs files in parallel): their workers are scoped
+ * to their own VMs (`domainFilter`) and storage roots, but several workers, QEMUs and LVM
+ * scans at once on two cores would make the timings of each meaningless. They take turns
+ * through this lock file; a holder that died is detected by its pid. Returns the release function.
  */
 export async function acquireE2eLock(timeoutMs = 600_000): Promise<() => Promise<void>> {
   const deadline = Date.now() + timeoutMs;
@@ -234,6 +234,12 @@ export async function driveMetadata(vmName: string, drive = 'sdc'): Promise<{ xm
 export interface WorkerEnv {
   readonly hostId: string;
   readonly storageRoot: string;
+  /**
+   * CDROM_DOMAIN_FILTER: the names of the test's own VMs (`onlyDomains`). Without it a
+   * worker recovers every domain on the host — other tests' VMs in the middle of their
+   * flows included — so it is required.
+   */
+  readonly domainFilter: string;
   /** `<point>:<crash|error>[,…]` */
   readonly failpoint?: string;
   /** the compiled CLI (`compileWorker`); default: the sources through tsx */
@@ -289,6 +295,7 @@ export function workerEnv(w: WorkerEnv, port: number): NodeJS.ProcessEnv {
     CDROM_RETRY_MAX_MS: '2000',
     CDROM_DRAIN_TIMEOUT_MS: '10000',
     ...w.extraEnv,
+    CDROM_DOMAIN_FILTER: w.domainFilter,
   };
   delete env['CDROM_FAILPOINT'];
   delete env['CDROM_ENABLE_FAILPOINTS'];
@@ -297,6 +304,12 @@ export function workerEnv(w: WorkerEnv, port: number): NodeJS.ProcessEnv {
     env['CDROM_FAILPOINT'] = w.failpoint;
   }
   return env;
+}
+
+/** CDROM_DOMAIN_FILTER matching exactly these domain names. */
+export function onlyDomains(...names: string[]): string {
+  if (names.length === 0) throw new Error('onlyDomains needs at least one domain name');
+  return `^(?:${names.map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|')})$`;
 }
 
 /** The command line of the worker: the CLI, compiled or from source, as `npx cdrom-worker` runs it. */

@@ -33,7 +33,7 @@ describe('loadConfig', () => {
       logLevel: 'info',
       retry: { limit: 5 },
     });
-    expect(c.failpoints.size).toBe(0);
+    expect(c.failpoints).toEqual([]);
     expect(Object.isFrozen(c)).toBe(true);
     expect(Object.isFrozen(c.amqpUrls)).toBe(true);
   });
@@ -54,12 +54,13 @@ describe('loadConfig', () => {
   });
 
   it('parses failpoints only when enabled', () => {
-    expect(loadConfig({ CDROM_HOST_ID: 'h', CDROM_FAILPOINT: 'garbage' }).failpoints.size).toBe(0);
+    expect(loadConfig({ CDROM_HOST_ID: 'h', CDROM_FAILPOINT: 'garbage' }).failpoints).toEqual([]);
     const c = loadConfig({ CDROM_HOST_ID: 'h', CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: 'prepare:error,before-ack:crash' });
-    expect([...c.failpoints]).toEqual([
-      ['prepare', 'error'],
-      ['before-ack', 'crash'],
+    expect(c.failpoints).toEqual([
+      { point: 'prepare', action: 'error', vmId: null },
+      { point: 'before-ack', action: 'crash', vmId: null },
     ]);
+    expect(Object.isFrozen(c.failpoints)).toBe(true);
     expect(configError({ CDROM_HOST_ID: 'h', CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: 'nowhere:crash' }).variable).toBe('CDROM_FAILPOINT');
   });
 
@@ -123,6 +124,9 @@ describe('every CONTRACT section 1 variable has its invalid form refused', () =>
     [{ CDROM_LOG_LEVEL: 'verbose' }, 'CDROM_LOG_LEVEL'],
     [{ CDROM_ENABLE_FAILPOINTS: 'yes' }, 'CDROM_ENABLE_FAILPOINTS'],
     [{ CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: 'prepare:explode' }, 'CDROM_FAILPOINT'],
+    [{ CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: 'libvirt-update:error,rollback:error' }, 'CDROM_FAILPOINT'],
+    [{ CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: 'before-ack:error' }, 'CDROM_FAILPOINT'],
+    [{ CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: 'prepare:crash@vm-1' }, 'CDROM_FAILPOINT'],
     [{ CDROM_RETRY_BASE_MS: '0' }, 'CDROM_RETRY_BASE_MS'],
     [{ CDROM_RETRY_MAX_MS: 'soon' }, 'CDROM_RETRY_MAX_MS'],
     [{ CDROM_STEP_TIMEOUT_MS: '0' }, 'CDROM_STEP_TIMEOUT_MS'],
@@ -165,5 +169,18 @@ describe('cdrom-worker run with invalid configuration', () => {
     expect(stdout).toBe('');
     expect(stderr.trim().split('\n')).toHaveLength(1);
     expect(stderr).toMatch(/CDROM_CONCURRENCY: must be an integer/);
+  });
+
+  it.each([
+    ['rollback:error', /: CDROM_FAILPOINT: rollback:error is not supported: .*rollback:crash/],
+    ['before-ack:error', /: CDROM_FAILPOINT: before-ack:error is not supported: .*before-ack:crash/],
+  ])('refuses %s with one line and exit 2', async (spec, line) => {
+    const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const env = { ...process.env, CDROM_HOST_ID: 'h', CDROM_ENABLE_FAILPOINTS: '1', CDROM_FAILPOINT: spec, CDROM_AMQP_URL: 'amqp://10.255.255.1:1' };
+      const child = execFile(process.execPath, ['--import', 'tsx', CLI, 'run'], { env, timeout: 20_000 }, (_err, _out, err) => resolve({ code: child.exitCode, stderr: err }));
+    });
+    expect(code).toBe(2);
+    expect(stderr.trim().split('\n')).toHaveLength(1);
+    expect(stderr.trim()).toMatch(line);
   });
 });
