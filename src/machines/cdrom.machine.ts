@@ -211,8 +211,9 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
         on: {
           'inspect.done': [
             {
-              // Seen before and finished: answer the same, touch nothing.
-              guard: ({ event }) => event.output.record?.status === 'done',
+              // Seen before and finished: answer the same, touch nothing. A change the
+              // metadata still records (its final write was lost) is recovered first.
+              guard: ({ event, context }) => event.output.record?.status === 'done' && (!event.output.pending || context.recovered),
               target: 'settled',
               actions: assign(({ event }) => ({ replayed: (event.output.record as DoneRecord).result })),
             },

@@ -33,6 +33,8 @@ export class FakeHypervisor implements HypervisorPort {
   private readonly listeners = new Set<(e: DomainEvent) => void>();
   private readonly refused = new Map<string, string>();
   readonly calls: Record<HypervisorStep, number> = { readDrive: 0, updateDevice: 0, getMetadata: 0, setMetadata: 0, listDomains: 0 };
+  /** Every updateDevice that changed a drive (calls that threw are not here): what "changed twice" is counted from. */
+  readonly applied: Array<{ readonly vmId: string; readonly drive: string; readonly source: DriveSource | null }> = [];
 
   addVm(vmId: string, opts: { name?: string; drives?: Record<string, DriveSource | null>; metadata?: Record<string, string> } = {}): void {
     this.vms.set(vmId.toLowerCase(), {
@@ -105,6 +107,7 @@ export class FakeHypervisor implements HypervisorPort {
       throw new CdromError('CHANGE_FAILED', `${reason}; the drive still holds ${held === null ? 'no medium' : `${held.type} ${held.path}`}`);
     }
     vm.drives.set(drive, source === null ? null : { ...source });
+    this.applied.push({ vmId, drive, source: source === null ? null : { ...source } });
     this.emit({ kind: 'tray-change', vmId, device: drive, open: source === null });
   }
 

@@ -22,6 +22,7 @@ export class FakeStorage implements StoragePort {
   private readonly held = new Set<string>();
   private readonly failures = new Map<StorageStep, CdromError[]>();
   readonly calls: Record<StorageStep, number> = { prepare: 0, teardown: 0 };
+  private openers: ((pdiv: Pdiv) => boolean) | null = null;
 
   constructor(private readonly isoDirs: readonly string[] = ['/iso']) {}
 
@@ -36,6 +37,15 @@ export class FakeStorage implements StoragePort {
 
   release(pdiv: Pdiv): void {
     this.held.delete(pdiv.volumeID.toLowerCase());
+  }
+
+  /**
+   * Who has a volume's device open, asked at each teardown (e.g. the fake hypervisor's
+   * drives, as the real adapter scans /proc for QEMU's open fds): teardown answers
+   * `in-use` while it says so, as for `hold`.
+   */
+  openedBy(openers: (pdiv: Pdiv) => boolean): void {
+    this.openers = openers;
   }
 
   /** Mark a volume active as if prepared earlier (a crash left it so). */
@@ -77,7 +87,7 @@ export class FakeStorage implements StoragePort {
     if (!isPdiv(media)) return 'done';
     const id = media.volumeID.toLowerCase();
     if (!this.active.has(id)) return 'done';
-    if (this.held.has(id)) return 'in-use';
+    if (this.held.has(id) || this.openers?.(media) === true) return 'in-use';
     this.active.delete(id);
     return 'done';
   }

@@ -17,9 +17,29 @@ export type Script =
   | { readonly kind: 'fail'; readonly code: ErrorCode }
   | { readonly kind: 'retry'; readonly code: ErrorCode };
 
+/**
+ * The drive changes an executor made, counted apart from the journal that decides whether
+ * a command is a repeat: a test that counts effects from here checks that journal's
+ * decisions instead of restating them (a repeat answered `replayed` but run again, or a
+ * command answered `completed` but never run, both show here).
+ */
+export class EffectLog {
+  private readonly counts = new Map<string, number>();
+
+  record(commandId: string): void {
+    this.counts.set(commandId, (this.counts.get(commandId) ?? 0) + 1);
+  }
+
+  count(commandId: string): number {
+    return this.counts.get(commandId) ?? 0;
+  }
+}
+
 export interface FakeExecutorOptions {
   /** How long one execution takes. */
   readonly delayMs?: number;
+  /** Where each drive change is counted (once per change, however it was answered). */
+  readonly effects?: EffectLog;
   readonly recordFile?: string;
   /** The outcome of a command; default: complete. */
   readonly script?: (cmd: ChangeCdCommand, attempt: number) => Script;
@@ -89,6 +109,7 @@ export class FakeExecutor implements AttemptExecutor {
         script.kind === 'fail'
           ? { outcome: 'failed', action, previous, current: previous, warnings: [], error: { code: script.code, message: `scripted ${script.code}`, retryable: false } }
           : { outcome: 'completed', action, previous, current: requested, warnings: [], error: null };
+      if (!sameMedia(previous, result.current)) this.options.effects?.record(cmd.commandId);
       this.drives.set(key, result.current);
       this.journal.set(cmd.commandId, result);
       this.record({ phase: 'done', commandId: cmd.commandId, pid: process.pid, at: Date.now(), result, drive: key });
