@@ -183,6 +183,17 @@ describe.skipIf(!canUseLoopLvm())('faults: libvirtd and QEMU misbehaving (CONTRA
     }
   }
 
+  /**
+   * CONTRACT 4: `startedAt` is when the worker began its *first* attempt. The command at the
+   * head of its drive's line is taken up as soon as it is delivered, during the fault, so
+   * its first attempt began before the fault ended at `endedAt` (epoch ms).
+   */
+  function expectStartedBefore(c: Case, commandId: string, endedAt: number, what: string): void {
+    const e = c.engine.eventsFor(commandId)[0];
+    if (e === undefined) return; // reported as a missing event
+    expect.soft(Date.parse(e.startedAt), `${what}: startedAt ${e.startedAt} (durationMs ${e.durationMs}) is its first attempt, before the fault ended at ${new Date(endedAt).toISOString()}`).toBeLessThan(endedAt);
+  }
+
   /** Resolves once `n` events of these commands are out. */
   async function eventsOut(c: Case, n: number): Promise<void> {
     const mine = (): number => c.engine.events.filter((ev) => c.sent.some((s) => s.commandId === ev.commandId)).length;
@@ -217,8 +228,10 @@ describe.skipIf(!canUseLoopLvm())('faults: libvirtd and QEMU misbehaving (CONTRA
         await c.faults.killLibvirtd();
         const ids = [await c.send(vm1, A), await c.send(vm1, B), await c.send(vm1, null)];
         await sleep(downMs);
+        const restartedAt = Date.now();
         await c.faults.startLibvirtd();
         await c.settle(ids, 45_000);
+        expectStartedBefore(c, ids[0] as string, restartedAt, `libvirtd down ${downMs} ms, the load`);
         const round = c.sent.slice(from);
         expect.soft(c.problems(round), `libvirtd down ${downMs} ms`).toEqual([]);
         c.note(`down ${downMs} ms: ${c.engine.events.filter((e) => ids.includes(e.commandId as string)).map((e) => `${e.type.slice(9)}/${e.action} ${label(e.previous)}→${label(e.current)}`).join('; ')}`);
@@ -245,7 +258,9 @@ describe.skipIf(!canUseLoopLvm())('faults: libvirtd and QEMU misbehaving (CONTRA
           } finally {
             c.faults.contLibvirtd();
           }
+          const contAt = Date.now();
           await c.settle(ids, 45_000);
+          expectStartedBefore(c, ids[0] as string, contAt, `round ${round}, the change`);
           await tray.settle(vm1.uuid);
           const moves = tray.take(vm1.uuid);
           c.note(`round ${round}: tray ${moves.join(',')}; ${c.engine.events.filter((e) => ids.includes(e.commandId as string)).map((e) => `${e.type.slice(9)}/${e.action} ${label(e.previous)}→${label(e.current)}`).join('; ')}`);
@@ -329,7 +344,8 @@ describe.skipIf(!canUseLoopLvm())('faults: libvirtd and QEMU misbehaving (CONTRA
         load = await c.send(vm2, A);
         // VM2's change has begun (its metadata says so) and its media change is hanging
         await waitUntil(async () => (await driveMetadata(vm2.name)).drive.entries.some((e) => e.state !== null) || (await driveMetadata(vm2.name)).drive.change !== null, 10_000, "VM2's change to begin").catch(() => c.note("VM2's metadata never showed its change"));
-        await sleep(500);
+        // past the step timeout: the media change is hung, not just running
+        await sleep(2500);
         const ejectId = await c.send(vm1, null);
         eject = (await c.engine.waitFor(ejectId, 1, 30_000).catch(() => []))[0];
         activeAfterEject = (await storage.activeVolumes()).active;

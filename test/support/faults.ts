@@ -374,7 +374,8 @@ const sameMedia = (a: Media | null, b: Media | null): boolean => JSON.stringify(
 /**
  * Every way the events break CONTRACT 4 for the commands `sent` (in publication order),
  * as readable lines; [] when they do not. Checked: exactly one final outcome per
- * commandId (repeats identical), every one `completed` with the requested media, the
+ * commandId (repeats identical), every one `completed` with the requested media and a
+ * `durationMs` that is `finishedAt − startedAt`, the
  * commands of one drive executed in the order they were queued, and each drive's events
  * chaining in publication order (`previous` = the `current` before) from `initial`.
  */
@@ -394,6 +395,8 @@ export function eventProblems(sent: readonly Sent[], events: readonly ResultEven
         problems.push(`${n}: a repeat differs: ${first.type}/${first.action} ${label(first.previous)}→${label(first.current)} then ${again.type}/${again.action} ${label(again.previous)}→${label(again.current)}`);
       }
     }
+    const took = Date.parse(first.finishedAt) - Date.parse(first.startedAt);
+    if (Math.abs(took - first.durationMs) > 1) problems.push(`${n}: durationMs ${first.durationMs} but finishedAt − startedAt = ${took}`);
     if (first.type !== 'changeCD.completed') problems.push(`${n}: ${first.type} ${first.error?.code ?? ''}: ${first.error?.message ?? ''}`);
     else if (!sameMedia(first.current, s.media)) problems.push(`${n}: completed holding ${label(first.current)}`);
   }
