@@ -1,5 +1,5 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -11,6 +11,7 @@ import type { ParallelResult } from './parallel.bench.js';
 import type { RecoveryResult } from './recovery.bench.js';
 import type { MemoryResult } from './memory.bench.js';
 import type { ThroughputResult } from './throughput.bench.js';
+import type { HungResult } from './hung.bench.js';
 
 /**
  * `npm run bench`: every section runs in its own Node process (clean heap for the
@@ -20,6 +21,7 @@ import type { ThroughputResult } from './throughput.bench.js';
  *   npm run bench                      the full run (what results.json records)
  *   npm run bench -- --quick           smaller counts, a few minutes
  *   npm run bench -- --only overhead,memory
+ *   npm run bench -- hung               the same: sections named as arguments
  *   npm run bench -- --profile         also node --cpu-prof of overhead and throughput
  *   npm run bench -- --only memory --in-process   the memory sections with the fakes in
  *                                      the worker's process (default: their own process)
@@ -27,6 +29,8 @@ import type { ThroughputResult } from './throughput.bench.js';
  *   end-to-end lock (faster while others run e2e tests, but their workers may then
  *   reconcile the bench VMs mid-change).
  * Counts can be overridden per section, e.g. `--overhead-changes 300 --parallel-per-vm 50`.
+ * A run of some sections only keeps the other sections' figures from the results file it
+ * writes (`merged` names them with the run they come from), so the file stays one table.
  */
 
 const BENCH = resolve(import.meta.dirname);
@@ -34,10 +38,12 @@ const argv = process.argv.slice(2);
 const quick = argv.includes('--quick') || process.env['BENCH_QUICK'] === '1';
 const profile = argv.includes('--profile') || process.env['BENCH_PROFILE'] === '1';
 const fakesInProcess = argv.includes('--in-process');
-const only = (argValue(argv, 'only') ?? process.env['BENCH_ONLY'] ?? '').split(',').filter(Boolean);
+const SECTION_NAMES = ['overhead', 'throughput', 'recovery', 'memory', 'memory-ttl0', 'parallel', 'hung'] as const;
+const named = argv.filter((a, i) => (SECTION_NAMES as readonly string[]).includes(a) && argv[i - 1] !== '--only');
+const only = [...(argValue(argv, 'only') ?? process.env['BENCH_ONLY'] ?? '').split(',').filter(Boolean), ...named];
 const out = argValue(argv, 'out') ?? join(BENCH, quick ? 'results.quick.json' : 'results.json');
 
-type SectionName = 'overhead' | 'throughput' | 'recovery' | 'memory' | 'memory-ttl0' | 'parallel';
+type SectionName = (typeof SECTION_NAMES)[number];
 
 interface Section {
   readonly name: SectionName;
@@ -56,6 +62,7 @@ const SECTIONS: readonly Section[] = [
   { name: 'recovery', file: 'recovery.bench.ts', args: quick ? { domains: 1000, 'real-vms': 3, rounds: 2 } : { domains: 1000, 'real-vms': 10, rounds: 5 } },
   { name: 'overhead', file: 'overhead.bench.ts', args: quick ? { changes: 20, batch: 5, 'per-vm': 150 } : { changes: 200, batch: 10, 'per-vm': 150 }, profiled: true },
   { name: 'parallel', file: 'parallel.bench.ts', args: quick ? { vms: 4, 'per-vm': 10, round: 5 } : { vms: 8, 'per-vm': 100, round: 10 } },
+  { name: 'hung', file: 'hung.bench.ts', args: { changes: quick ? 30 : 40, 'hang-ms': 25_000, 'step-timeout-ms': 2000 } },
 ];
 
 let current: ChildProcess | null = null;
@@ -168,6 +175,13 @@ function rows(r: Partial<Record<SectionName, unknown>>): Row[] {
     out.push({ item: '5 parallel', metric: `${p.vms} real VMs × ${p.perVm} changes, interleaved`, value: `${p.parallel.perSec.toFixed(1)} changes/s, p99 ${ms(p.parallel.p99)}`, baseline: `1 VM: ${p.single.perSec.toFixed(1)}/s, p99 ${ms(p.single.p99)}`, target: 'report', pass: null });
     out.push({ item: '5 parallel', metric: 'speedup over one VM', value: `${p.speedup.toFixed(2)}×`, baseline: `p50 ${ms(p.parallel.p50)} vs ${ms(p.single.p50)}`, target: 'report', pass: null });
   }
+  const hv = r.hung as HungResult | undefined;
+  if (hv) {
+    const during = `${hv.hangMs / 1000} s SIGSTOP of the other VM's QEMU, 3 commands queued for it, step timeout ${hv.stepTimeoutMs / 1000} s`;
+    out.push({ item: '6 hung VM', metric: `change A↔B on a real VM during a ${during}, p50 (n=${hv.hung.n})`, value: ms(hv.hung.p50), baseline: `${ms(hv.normal.p50)} without (n=${hv.normal.n})`, target: '≤ 1.2×', pass: hv.ratioP50 <= 1.2 });
+    out.push({ item: '6 hung VM', metric: 'same, p99 (max)', value: `${ms(hv.hung.p99)} (${ms(hv.hung.max)})`, baseline: `${ms(hv.normal.p99)} (${ms(hv.normal.max)})`, target: 'report', pass: null });
+    out.push({ item: '6 hung VM', metric: "the hung VM's commands after SIGCONT (ms from SIGSTOP)", value: hv.hungVm.map((c) => `${c.outcome === 'completed' ? 'completed' : 'FAILED'} ${(c.ms / 1000).toFixed(1)} s`).join(', '), baseline: '', target: 'report', pass: null });
+  }
   return out;
 }
 
@@ -206,6 +220,21 @@ for (const s of selected) {
   }
 }
 
+// A partial run keeps the other sections' figures of the file it replaces (same mode).
+const options: Record<string, unknown> = Object.fromEntries(selected.map((s) => [s.name, s.args]));
+const merged: Record<string, string> = {};
+if (only.length > 0 && existsSync(out)) {
+  const previous = JSON.parse(await readFile(out, 'utf8')) as { startedAt?: string; mode?: string; results?: Record<string, unknown>; options?: Record<string, unknown>; profiles?: Record<string, unknown>; merged?: Record<string, string> };
+  if (previous.mode === (quick ? 'quick' : 'full')) {
+    for (const [name, result] of Object.entries(previous.results ?? {})) {
+      if (name in results || selected.some((s) => s.name === name)) continue;
+      (results as Record<string, unknown>)[name] = result;
+      options[name] = previous.options?.[name];
+      if (previous.profiles?.[name] !== undefined && !(name in profiles)) profiles[name] = previous.profiles[name];
+      merged[name] = previous.merged?.[name] ?? previous.startedAt ?? '?';
+    }
+  }
+}
 const rs = rows(results);
 const doc = {
   startedAt: started.toISOString(),
@@ -213,7 +242,8 @@ const doc = {
   mode: quick ? 'quick' : 'full',
   interrupted,
   machine: { cpus: cpus().length, node: process.version, kvm: existsSync('/dev/kvm'), uvThreadpool: process.env['UV_THREADPOOL_SIZE'] ?? '16' },
-  options: Object.fromEntries(selected.map((s) => [s.name, s.args])),
+  options,
+  merged,
   table: rs,
   results,
   failures,

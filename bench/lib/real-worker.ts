@@ -67,7 +67,11 @@ export interface RealWorker {
   change(vmId: string, media: Media | null, timeoutMs?: number): Promise<{ event: ResultEvent; ms: number }>;
 }
 
-export async function startRealWorker(st: BenchStorage, cleanup: Cleanup, opts: { concurrency?: number; logger?: Logger } = {}): Promise<RealWorker> {
+export async function startRealWorker(
+  st: BenchStorage,
+  cleanup: Cleanup,
+  opts: { concurrency?: number; logger?: Logger; stepTimeoutMs?: number; retry?: { limit: number; baseMs: number; maxMs: number } } = {},
+): Promise<RealWorker> {
   const hostId = `bench-${process.pid}-${randomBytes(3).toString('hex')}`;
   const hypervisor = await LibvirtHypervisor.open({ uri: LIBVIRT_URI });
   cleanup.add('libvirt connection of the worker', () => hypervisor.close());
@@ -82,7 +86,8 @@ export async function startRealWorker(st: BenchStorage, cleanup: Cleanup, opts: 
     CDROM_STORAGE_ROOT: st.root,
     CDROM_LVM_ACTIVATION: 'loop',
     CDROM_CONCURRENCY: String(opts.concurrency ?? 16),
-    CDROM_STEP_TIMEOUT_MS: '30000',
+    CDROM_STEP_TIMEOUT_MS: String(opts.stepTimeoutMs ?? 30_000),
+    ...(opts.retry === undefined ? {} : { CDROM_RETRY_LIMIT: String(opts.retry.limit), CDROM_RETRY_BASE_MS: String(opts.retry.baseMs), CDROM_RETRY_MAX_MS: String(opts.retry.maxMs) }),
     CDROM_RECONCILE_INTERVAL_MS: '0',
   });
 
