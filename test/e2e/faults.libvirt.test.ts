@@ -9,6 +9,7 @@ import { TestVms, type TestVm } from '../support/vm.js';
 import {
   E2eStorage,
   Engine,
+  onlyDomains,
   acquireE2eLock,
   changeCd,
   compileWorker,
@@ -128,7 +129,8 @@ describe.skipIf(!canUseLoopLvm())('faults: libvirtd and QEMU misbehaving (CONTRA
         hostId,
         storageRoot: storage.root,
         entry: compiled?.entry,
-        extraEnv: { ...RETRY_ENV, CDROM_STEP_TIMEOUT_MS: String(stepTimeoutMs), CDROM_DOMAIN_FILTER: `^(${vm1.name}|${vm2.name})$` },
+        domainFilter: onlyDomains(vm1.name, vm2.name),
+        extraEnv: { ...RETRY_ENV, CDROM_STEP_TIMEOUT_MS: String(stepTimeoutMs) },
       });
       lines.push(`${worker.logs()}\n`);
       worker.child.stdout?.on('data', (d: Buffer) => lines.push(d.toString('utf8')));
