@@ -23,7 +23,8 @@ import {
   waitUntil,
   type WorkerProcess,
 } from '../support/e2e.js';
-import { Faults, TrayWatch, emptyDrives, eventProblems, healthz, holdFaultLock, libvirtdPid, metric, qemuPid, removeVms, startLibvirtd, type Sent } from '../support/faults.js';
+import { TrayWatch } from '../support/tray.js';
+import { Faults, emptyDrives, eventProblems, healthz, holdFaultLock, libvirtdPid, metric, qemuPid, removeVms, startLibvirtd, type Sent } from '../support/faults.js';
 
 /**
  * CONTRACT 9 on the real stack: libvirtd killed or stopped, one VM's QEMU stopped, while
@@ -244,13 +245,13 @@ describe.skipIf(!canUseLoopLvm())('faults: libvirtd and QEMU misbehaving (CONTRA
 
   it('libvirtd SIGSTOP 6 s with a 1.5 s step timeout (3 rounds): change and eject complete in order, and the VM saw exactly those two media changes', async () => {
     await withCase('libvirtd-stopped', 1500, async (c) => {
-      const tray = await TrayWatch.open();
+      const tray = await TrayWatch.open([vm1.uuid]);
       try {
         for (let round = 1; round <= 3; round++) {
           const from = c.sent.length;
           const load = await c.send(vm1, A);
           await c.settle([load], 30_000);
-          await tray.settle(vm1.uuid);
+          await tray.settle();
           tray.take(vm1.uuid);
           // published (and confirmed) first, then libvirtd stopped at once: the change's first
           // calls may be in libvirtd's hands already, to be carried out after SIGCONT
@@ -264,7 +265,7 @@ describe.skipIf(!canUseLoopLvm())('faults: libvirtd and QEMU misbehaving (CONTRA
           const contAt = Date.now();
           await c.settle(ids, 45_000);
           expectStartedBefore(c, ids[0] as string, contAt, `round ${round}, the change`);
-          await tray.settle(vm1.uuid);
+          await tray.settle();
           const moves = tray.take(vm1.uuid);
           c.note(`round ${round}: tray ${moves.join(',')}; ${c.engine.events.filter((e) => ids.includes(e.commandId as string)).map((e) => `${e.type.slice(9)}/${e.action} ${label(e.previous)}→${label(e.current)}`).join('; ')}`);
           expect.soft(c.problems(c.sent.slice(from)), `round ${round}`).toEqual([]);

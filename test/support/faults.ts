@@ -4,9 +4,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ResultEvent } from '../../src/contracts/schemas.js';
 import type { Media } from '../../src/domain/media.js';
-import { loadVirt, type NativeConnection } from '../../src/infra/libvirt/virt.native.js';
 import { OVIRT_VM_NS } from '../../src/domain/ports.js';
-import { LIBVIRT_URI, REPO, ovirtVmMetadata, sleep, waitUntil, type Adapters, type E2eStorage } from './e2e.js';
+import { LIBVIRT_URI, REPO, ovirtVmMetadata, waitUntil, type Adapters, type E2eStorage } from './e2e.js';
 
 /**
  * Fault injection for end-to-end tests (CONTRACT 9): libvirtd killed or stopped, one
@@ -281,55 +280,6 @@ function signal(pid: number, sig: NodeJS.Signals): void {
 
 // ---- what the VMs saw ----------------------------------------------------------------
 
-/**
- * libvirt's `tray-change` events per domain, on a connection of its own (no keepalive,
- * so a stopped libvirtd does not close it). Each real media change opens and closes the
- * tray once (measured here: load, change and eject each give open, close; a change to
- * the media already in the drive gives nothing), so the tray tells how many changes
- * actually landed on a drive.
- */
-export class TrayWatch {
-  private constructor(
-    private readonly conn: NativeConnection,
-    private readonly seen: Map<string, ('open' | 'close')[]>,
-  ) {}
-
-  static async open(): Promise<TrayWatch> {
-    const { constants } = loadVirt();
-    const seen = new Map<string, ('open' | 'close')[]>();
-    const conn = await loadVirt().open(
-      LIBVIRT_URI,
-      (e) => {
-        if (e.kind !== 'tray-change') return;
-        seen.set(e.uuid, [...(seen.get(e.uuid) ?? []), e.reason === constants.VIR_DOMAIN_EVENT_TRAY_CHANGE_OPEN ? 'open' : 'close']);
-      },
-      0,
-      0,
-    );
-    await conn.registerDomainEvents();
-    return new TrayWatch(conn, seen);
-  }
-
-  /** The tray movements of `uuid` since the last `take`, and forgets them. */
-  take(uuid: string): ('open' | 'close')[] {
-    const list = this.seen.get(uuid) ?? [];
-    this.seen.delete(uuid);
-    return list;
-  }
-
-  /** Waits until the events of `uuid` stop coming (`quietMs` without one). */
-  async settle(uuid: string, quietMs = 600): Promise<void> {
-    let n = -1;
-    while ((this.seen.get(uuid)?.length ?? 0) !== n) {
-      n = this.seen.get(uuid)?.length ?? 0;
-      await sleep(quietMs);
-    }
-  }
-
-  close(): Promise<void> {
-    return this.conn.close();
-  }
-}
 
 // ---- the worker's HTTP endpoints -----------------------------------------------------
 

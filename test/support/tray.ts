@@ -12,6 +12,8 @@ import { LIBVIRT_URI } from './vm.js';
  */
 export class TrayWatch {
   private readonly opens = new Map<string, number>();
+  /** every movement, in order, until `take` */
+  private readonly moves = new Map<string, ('open' | 'close')[]>();
   private lastEventAt = 0;
 
   private constructor(
@@ -28,8 +30,10 @@ export class TrayWatch {
       uri,
       (e) => {
         if (self === null || e.kind !== 'tray-change' || !watched.has(e.uuid.toLowerCase())) return;
+        const key = e.uuid.toLowerCase();
         self.lastEventAt = Date.now();
-        if (e.reason === open) self.opens.set(e.uuid.toLowerCase(), (self.opens.get(e.uuid.toLowerCase()) ?? 0) + 1);
+        if (e.reason === open) self.opens.set(key, (self.opens.get(key) ?? 0) + 1);
+        self.moves.set(key, [...(self.moves.get(key) ?? []), e.reason === open ? 'open' : 'close']);
       },
       0,
       0,
@@ -41,6 +45,14 @@ export class TrayWatch {
 
   watch(vmId: string): void {
     this.watched.add(vmId.toLowerCase());
+  }
+
+  /** The tray movements of `vmId` since the last `take`, in order; forgets them. */
+  take(vmId: string): ('open' | 'close')[] {
+    const key = vmId.toLowerCase();
+    const list = this.moves.get(key) ?? [];
+    this.moves.delete(key);
+    return list;
   }
 
   /** Media changes of `vmId` seen so far (tray opens). */
