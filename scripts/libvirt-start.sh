@@ -9,7 +9,15 @@ if [ -e /dev/kvm ]; then
   chmod 0660 /dev/kvm 2>/dev/null || true
 fi
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A killed daemon can linger as a zombie, which `kill -0` still reports alive.
+alive() {
+  [ -f "$1" ] || return 1
+  local pid state
+  pid=$(cat "$1")
+  kill -0 "$pid" 2>/dev/null || return 1
+  state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z)
+  [ "$state" != Z ]
+}
 
 mkdir -p /run/libvirt
 if ! alive /run/virtlogd.pid; then
