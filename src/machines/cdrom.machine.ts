@@ -513,7 +513,13 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
         entry: { type: 'writeJournal', params: { record: 'failed' } },
         on: {
           'writeJournal.done': 'settled',
-          'step.error': { target: 'settled', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
+          'step.error': [
+            // Unknown whether the record landed: retried (the flow was undone, so its retry
+            // starts from the drive as it was), never answered unrecorded — a repeat of the
+            // command would otherwise run it again and could end differently.
+            { guard: 'retryable', target: 'retrying', actions: 'keepError' },
+            { target: 'settled', actions: { type: 'warn', params: { code: 'JOURNAL_FAILED', what: 'recording the command' } } },
+          ],
         },
       },
 

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import type { ChangeCdCommand } from '../../src/contracts/schemas.js';
 import { CdromError } from '../../src/domain/errors.js';
 import type { DriveSource } from '../../src/domain/ports.js';
-import { OVIRT_VM_NS } from '../../src/domain/ports.js';
+import { JOURNAL_NS, OVIRT_VM_NS } from '../../src/domain/ports.js';
 import { silentLogger } from '../../src/infra/logging.js';
 import { createActivities } from '../../src/machines/cdrom.activities.js';
 import { DriveRegistry } from '../../src/machines/drive.registry.js';
@@ -143,6 +143,27 @@ describe('registry: retries in place', () => {
     // the exhausted load left state="loading" for A; the recovery before ISO_B discarded it
     expect(h.hv.metadataOf(vmId, OVIRT_VM_NS.uri)).not.toContain('state=');
     expect(h.storage.activeVolumeIds()).toEqual([ISO_B.volumeID]);
+  });
+
+  it('a failed flow whose record could not be written is retried, not answered unrecorded: a repeat gives the same outcome', async () => {
+    const h = host();
+    const vmId = h.vm();
+    h.hv.failNext('updateDevice', { error: new CdromError('CHANGE_FAILED', 'QEMU refused the medium (fake)') });
+    h.hv.failNext('updateDevice', { error: new CdromError('CHANGE_FAILED', 'QEMU refused the medium (fake)') });
+    // the journal's second write is the failed record (the first is the pending one)
+    h.hv.failNext('setMetadata', { ns: JOURNAL_NS.uri, skip: 1, error: new CdromError('INTERNAL', 'connection lost (fake)', { retryable: true }) });
+    const load = h.submit(vmId, ISO_A);
+    await load.done;
+    const first = h.settled[0]?.final;
+    expect(first?.kind === 'result' && [first.result.outcome, first.result.error?.code, first.result.warnings.length]).toEqual(['failed', 'CHANGE_FAILED', 0]);
+    // the same command again: answered from the record, the drive is not touched
+    const calls = h.hv.calls.updateDevice;
+    const again = h.registry.submit(load.command, { priorAttempts: 0, live: () => true, settle: (final) => ((h.settled.push({ commandId: load.command.commandId, vmId, final }), Promise.resolve())) });
+    await again;
+    const repeat = h.settled[1]?.final;
+    expect(repeat?.kind === 'result' && [repeat.replayed, repeat.result.outcome, repeat.result.error?.code]).toEqual([true, 'failed', 'CHANGE_FAILED']);
+    expect(h.hv.calls.updateDevice).toBe(calls);
+    expect(h.hv.sourceOf(vmId, 'sdc')).toBeNull();
   });
 
   it('a delivery that died is abandoned where it stands, without an outcome', async () => {
