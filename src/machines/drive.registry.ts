@@ -4,11 +4,11 @@ import type { ErrorInfo } from '../domain/errors.js';
 import { limiter } from '../domain/limiter.js';
 import type { Logger } from '../domain/logger.js';
 import { driveKey } from '../domain/media.js';
-import type { Attempt, Execution } from '../domain/outcome.js';
+import type { Execution } from '../domain/outcome.js';
 import { VolumeClaims } from '../domain/volume-claims.js';
 import type { Activities } from './cdrom.activities.js';
 import { createCdromMachine, type CdromEvent, type CdromMachine, type Settlement } from './cdrom.machine.js';
-import { backoffDelay, settle, type CommandExecutor, type CommandTicket, type FinalExecution, type RetryPolicy } from './executor.js';
+import { Backoffs, retryInPlace, type CommandExecutor, type CommandTicket, type RetryPolicy } from './executor.js';
 import { Deadlines, StepRunner, type HungStep } from './step-runner.js';
 
 /**
@@ -93,7 +93,7 @@ export class DriveRegistry implements CommandExecutor {
   private sweeper: NodeJS.Timeout | null = null;
   private hung = 0;
   private hungStorage = 0;
-  private readonly sleepers = new Set<() => void>();
+  private readonly backoffs = new Backoffs();
 
   constructor(private readonly opts: RegistryOptions) {
     this.steps = new StepRunner(new Deadlines(opts.stepTimeoutMs), (h) => this.onHang(h));
@@ -147,7 +147,7 @@ export class DriveRegistry implements CommandExecutor {
   async drain(timeoutMs: number): Promise<void> {
     this.closed = true;
     this.close();
-    for (const wake of [...this.sleepers]) wake();
+    this.backoffs.wakeAll();
     const deadline = Date.now() + timeoutMs;
     while (this.pending() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.reap(0);
@@ -245,59 +245,44 @@ export class DriveRegistry implements CommandExecutor {
   }
 
   /** A command through its retries, at the head of its drive's line until it has ended. */
-  private async runCommand(slot: Slot, command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'> {
+  private runCommand(slot: Slot, command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'> {
     const ids = { commandId: command.commandId, vmId: command.vmId, drive: command.drive };
-    const startedAt = this.now();
-    // Deliveries that ended without an outcome (crash, lost broker) count against the budget.
-    let attempts = ticket.priorAttempts;
-    let lastError: ErrorInfo = { code: 'INTERNAL', message: `delivered ${attempts} times without an outcome (worker crashed or lost the broker)`, retryable: true };
-    let lastAttempt: Attempt | undefined;
     this.claims.claim(slot.key, command.media);
-    while (attempts <= this.retry.limit) {
-      if (!(await this.ready(slot, ticket))) return 'abandoned';
-      const t0 = this.now();
-      const s = await this.limit(() => this.send(slot, { type: 'EXECUTE', command, startedAt: startedAt.toISOString() }));
-      this.observe(slot, s, t0);
-      if (s.kind === 'result') {
-        const r = s.result;
-        this.log.debug({ ...ids, outcome: r.outcome, action: r.action, replayed: s.replayed, attempts }, `changeCD ${r.outcome}`);
-        return this.settle(ticket, { kind: 'result', result: r, startedAt, finishedAt: this.now(), replayed: s.replayed }, ids);
-      }
-      slot.dirty = true;
-      lastError = s.kind === 'retry' ? s.error : { code: 'INTERNAL', message: 'unexpected recovery settlement', retryable: true };
-      lastAttempt = (s.kind === 'retry' ? s.attempt : undefined) ?? lastAttempt;
-      attempts += 1;
-      if (attempts > this.retry.limit) break;
-      if (!ticket.live()) return 'abandoned';
-      const delayMs = backoffDelay(this.retry, attempts);
-      this.log.warn({ ...ids, err: lastError, attempt: attempts, limit: this.retry.limit, retryInMs: delayMs }, 'command hit infrastructure trouble; retrying in place');
-      this.opts.onRetry?.({ ...ids, attempt: attempts, error: lastError, delayMs });
-      await this.sleep(delayMs);
-    }
-    if (!ticket.live()) return 'abandoned';
-    this.log.error({ ...ids, err: lastError, attempts, limit: this.retry.limit }, 'retry budget exhausted');
-    // The drive stays dirty: its next command reconciles it first.
-    return this.settle(ticket, { kind: 'exhausted', error: lastError, ...(lastAttempt ? { attempt: lastAttempt } : {}), attempts, startedAt, finishedAt: this.now() }, ids);
-  }
-
-  private settle(ticket: CommandTicket, final: FinalExecution, ids: object): Promise<'settled' | 'abandoned'> {
-    // Only a lost bus fails a settle: the message stays unacknowledged and is redelivered.
-    return settle(ticket, final, (err) => this.log.warn({ ...ids, err }, 'could not settle the command; it will be redelivered'));
+    // A spent budget leaves the drive dirty: its next command reconciles it first.
+    return retryInPlace(ticket, {
+      policy: this.retry,
+      now: this.now,
+      ready: () => this.ready(slot, ticket),
+      attempt: (startedAt) => this.attempt(slot, command, startedAt),
+      sleep: (ms) => this.backoffs.sleep(ms),
+      onRetry: (attempt, error, delayMs) => {
+        this.log.warn({ ...ids, err: error, attempt, limit: this.retry.limit, retryInMs: delayMs }, 'command hit infrastructure trouble; retrying in place');
+        this.opts.onRetry?.({ ...ids, attempt, error, delayMs });
+      },
+      // Only a lost bus fails a settle: the message stays unacknowledged and is redelivered.
+      onSettleError: (err) => this.log.warn({ ...ids, err }, 'could not settle the command; it will be redelivered'),
+    });
   }
 
   private async runOnce(slot: Slot, command: ChangeCdCommand): Promise<Execution> {
     await this.ready(slot, null);
-    const startedAt = this.now();
+    return this.attempt(slot, command, this.now());
+  }
+
+  /** One attempt of a command on its drive; a retry leaves the drive to be reconciled. */
+  private async attempt(slot: Slot, command: ChangeCdCommand, startedAt: Date): Promise<Execution> {
+    const t0 = this.now();
     const s = await this.limit(() => this.send(slot, { type: 'EXECUTE', command, startedAt: startedAt.toISOString() }));
-    this.observe(slot, s, startedAt);
-    const finishedAt = this.now();
+    this.observe(slot, s, t0);
     switch (s.kind) {
       case 'result':
-        return { kind: 'result', result: s.result, startedAt, finishedAt, replayed: s.replayed };
+        this.log.debug({ commandId: command.commandId, vmId: slot.vmId, drive: slot.drive, outcome: s.result.outcome, action: s.result.action, replayed: s.replayed }, `changeCD ${s.result.outcome}`);
+        return { kind: 'result', result: s.result, startedAt: t0, finishedAt: this.now(), replayed: s.replayed };
       case 'retry':
         slot.dirty = true;
         return { kind: 'retry', error: s.error, ...(s.attempt ? { attempt: s.attempt } : {}) };
       case 'recovered':
+        slot.dirty = true;
         return { kind: 'retry', error: { code: 'INTERNAL', message: 'unexpected recovery settlement', retryable: true } };
     }
   }
@@ -336,20 +321,6 @@ export class DriveRegistry implements CommandExecutor {
     const outcome = await Promise.race([this.steps.quiet(actor).then(() => true), this.closing.then(() => false)]);
     if (outcome) this.log.info({ vmId: slot.vmId, drive: slot.drive }, 'hung call returned; drive released');
     return outcome;
-  }
-
-  /** A backoff; drain ends it early. */
-  private sleep(ms: number): Promise<void> {
-    if (this.closed) return Promise.resolve();
-    return new Promise((resolve) => {
-      const wake = (): void => {
-        clearTimeout(t);
-        this.sleepers.delete(wake);
-        resolve();
-      };
-      const t = setTimeout(wake, ms);
-      this.sleepers.add(wake);
-    });
   }
 
   private observe(slot: Slot, settlement: Settlement, startedAt: Date): void {

@@ -1,5 +1,6 @@
 import type { ChangeCdCommand } from '../contracts/schemas.js';
 import type { ErrorInfo } from '../domain/errors.js';
+import { driveKey } from '../domain/media.js';
 import type { Attempt, Execution } from '../domain/outcome.js';
 
 /** How often, and how far apart, a command is tried again after infrastructure trouble. */
@@ -41,7 +42,7 @@ export interface CommandTicket {
 
 /**
  * What the bus needs from the machines: run decoded commands against their drives.
- * Commands for the same (vmId, drive) run one at a time in the order `run` was called,
+ * Commands for the same (vmId, drive) run one at a time in the order `submit` was called,
  * through their retries: a command waiting for its retry keeps its place and holds its
  * drive. Different drives run concurrently up to the configured limit.
  */
@@ -65,48 +66,94 @@ export function isCommandExecutor(e: CommandExecutor | AttemptExecutor): e is Co
   return 'submit' in e && typeof e.submit === 'function';
 }
 
+/** How a command's attempts are made, for `retryInPlace`. */
+export interface RetryLoop {
+  readonly policy: RetryPolicy;
+  readonly now: () => Date;
+  /** Before each attempt; false abandons the command where it stands. */
+  ready(): Promise<boolean>;
+  /** One attempt; `startedAt` is the command's first one. */
+  attempt(startedAt: Date): Promise<Execution>;
+  /** The backoff before the next attempt. */
+  sleep(ms: number): Promise<void>;
+  onRetry?(attempt: number, error: ErrorInfo, delayMs: number): void;
+  /** The ticket could not settle (the bus is gone): the command is left to redelivery. */
+  readonly onSettleError?: (err: unknown) => void;
+}
+
+/**
+ * A command through its retries (CONTRACT §6): attempts with backoff until one ends in a
+ * result or the budget is spent, then settled through the ticket. Deliveries that ended
+ * without an outcome (a crash, a lost broker) count against the budget.
+ */
+export async function retryInPlace(ticket: CommandTicket, loop: RetryLoop): Promise<'settled' | 'abandoned'> {
+  const { policy } = loop;
+  const startedAt = loop.now();
+  let attempts = ticket.priorAttempts;
+  let error: ErrorInfo = { code: 'INTERNAL', message: `delivered ${attempts} times without an outcome (worker crashed or lost the broker)`, retryable: true };
+  let last: Attempt | undefined;
+  while (attempts <= policy.limit) {
+    if (!ticket.live() || !(await loop.ready())) return 'abandoned';
+    const e = await loop.attempt(startedAt);
+    if (e.kind === 'result') return settle(ticket, { ...e, startedAt }, loop.onSettleError);
+    error = e.error;
+    last = e.attempt ?? last;
+    attempts += 1;
+    if (attempts > policy.limit) break;
+    if (!ticket.live()) return 'abandoned';
+    const delayMs = backoffDelay(policy, attempts);
+    loop.onRetry?.(attempts, error, delayMs);
+    await loop.sleep(delayMs);
+  }
+  if (!ticket.live()) return 'abandoned';
+  return settle(ticket, { kind: 'exhausted', error, ...(last ? { attempt: last } : {}), attempts, startedAt, finishedAt: loop.now() }, loop.onSettleError);
+}
+
+/** Backoff sleeps that a drain ends early. */
+export class Backoffs {
+  private readonly sleepers = new Set<() => void>();
+  private woken = false;
+
+  sleep(ms: number): Promise<void> {
+    if (this.woken) return Promise.resolve();
+    return new Promise((resolve) => {
+      const wake = (): void => {
+        clearTimeout(t);
+        this.sleepers.delete(wake);
+        resolve();
+      };
+      const t = setTimeout(wake, ms);
+      this.sleepers.add(wake);
+    });
+  }
+
+  /** Ends every sleep now and every later one at once. */
+  wakeAll(): void {
+    this.woken = true;
+    for (const wake of [...this.sleepers]) wake();
+  }
+}
+
 /**
  * A CommandExecutor over an AttemptExecutor: each drive's commands in order, each one
  * retried in place with backoff until it ends, settled inside its drive's turn.
  */
 export function inPlace(inner: AttemptExecutor, policy: RetryPolicy, onRetry?: () => void): CommandExecutor {
   const tails = new Map<string, Promise<unknown>>();
-  const wakers = new Set<() => void>();
+  const backoffs = new Backoffs();
   let closed = false;
-  const sleep = (ms: number): Promise<void> =>
-    new Promise((resolve) => {
-      const wake = (): void => {
-        clearTimeout(t);
-        wakers.delete(wake);
-        resolve();
-      };
-      const t = setTimeout(wake, ms);
-      wakers.add(wake);
-    });
-  const attempt = async (command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'> => {
-    const startedAt = new Date();
-    let attempts = ticket.priorAttempts;
-    let error: ErrorInfo = { code: 'INTERNAL', message: `delivered ${attempts} times without an outcome (worker crashed or lost the broker)`, retryable: true };
-    let last: Attempt | undefined;
-    while (attempts <= policy.limit) {
-      if (closed || !ticket.live()) return 'abandoned';
-      const e = await inner.execute(command);
-      if (e.kind === 'result') return settle(ticket, { ...e, startedAt });
-      error = e.error;
-      last = e.attempt ?? last;
-      attempts += 1;
-      if (attempts <= policy.limit) {
-        onRetry?.();
-        await sleep(backoffDelay(policy, attempts));
-      }
-    }
-    if (closed || !ticket.live()) return 'abandoned';
-    return settle(ticket, { kind: 'exhausted', error, ...(last ? { attempt: last } : {}), attempts, startedAt, finishedAt: new Date() });
-  };
   return {
     submit(command, ticket) {
-      const key = `${command.vmId.toLowerCase()}/${command.drive}`;
-      const run = (tails.get(key) ?? Promise.resolve()).then(() => attempt(command, ticket));
+      const key = driveKey(command.vmId, command.drive);
+      const loop: RetryLoop = {
+        policy,
+        now: () => new Date(),
+        ready: () => Promise.resolve(!closed),
+        attempt: () => inner.execute(command),
+        sleep: (ms) => backoffs.sleep(ms),
+        ...(onRetry ? { onRetry: () => onRetry() } : {}),
+      };
+      const run = (tails.get(key) ?? Promise.resolve()).then(() => retryInPlace(ticket, loop));
       const tail = run.catch(() => undefined);
       tails.set(key, tail);
       void tail.then(() => {
@@ -116,14 +163,14 @@ export function inPlace(inner: AttemptExecutor, policy: RetryPolicy, onRetry?: (
     },
     async drain(timeoutMs) {
       closed = true;
-      for (const wake of [...wakers]) wake();
+      backoffs.wakeAll();
       await inner.drain(timeoutMs);
     },
   };
 }
 
 /** Settles through the ticket; a ticket that cannot (the bus is gone) leaves the command abandoned. */
-export async function settle(ticket: CommandTicket, final: FinalExecution, onError?: (err: unknown) => void): Promise<'settled' | 'abandoned'> {
+async function settle(ticket: CommandTicket, final: FinalExecution, onError?: (err: unknown) => void): Promise<'settled' | 'abandoned'> {
   try {
     await ticket.settle(final);
     return 'settled';
