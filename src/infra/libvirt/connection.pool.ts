@@ -1,6 +1,6 @@
 import { CdromError, isCdromError } from '../../domain/errors.js';
 import type { Logger } from '../../domain/logger.js';
-import { withDeadline } from './events.link.js';
+import { withDeadline } from '../deadline.js';
 import type { NativeConnection, NativeDomain } from './virt.native.js';
 
 /**
@@ -30,7 +30,7 @@ export interface PooledConnection {
   inFlight: number;
   /** the key (VM) its callers are for while it has any; null when idle or unkeyed */
   key: string | null;
-  stuck: number;
+  /** a call on it passed its deadline: no new callers; closed once its calls returned */
   retiring: boolean;
   dead: boolean;
 }
@@ -103,7 +103,7 @@ export class ConnectionPool {
    * One libvirt call on `c` with the deadline (see the class comment). The connection's
    * place is taken until the call returns, even when the caller stopped waiting.
    */
-  call<T>(lease: Lease, what: string, mode: CallMode, fn: () => Promise<T>, onStuck?: () => void): Promise<T> {
+  call<T>(lease: Lease, what: string, mode: CallMode, fn: () => Promise<T>): Promise<T> {
     const { c } = lease;
     lease.outstanding += 1;
     const started = Date.now();
@@ -111,16 +111,13 @@ export class ConnectionPool {
     const work = fn();
     const timer = setTimeout(() => {
       stuck = true;
-      c.stuck += 1;
       this.stuckCalls += 1;
       this.retire(c, `${what} has not returned after ${this.opts.callTimeoutMs} ms`);
       this.log.warn({ call: what, connection: c.id, timeoutMs: this.opts.callTimeoutMs }, 'libvirt call hung');
-      onStuck?.();
     }, this.opts.callTimeoutMs);
     const returned = (): void => {
       clearTimeout(timer);
       if (stuck) {
-        c.stuck -= 1;
         this.stuckCalls -= 1;
         this.log.info({ call: what, connection: c.id, durationMs: Date.now() - started }, 'hung libvirt call returned');
       }
@@ -129,16 +126,14 @@ export class ConnectionPool {
     };
     work.then(returned, returned);
     if (mode === 'write') return work;
-    return withDeadline(work, this.opts.callTimeoutMs, what);
+    return withDeadline(this.opts.callTimeoutMs, what, () => work);
   }
 
   /** The connection failed (connection error on a call, or libvirtd went away): never used again. */
   drop(c: PooledConnection, why: string): void {
     if (c.dead) return;
-    c.dead = true;
-    this.remove(c);
+    this.discard(c);
     this.log.warn({ connection: c.id, why }, 'libvirt connection dropped');
-    c.conn.close().catch(() => undefined);
     this.wake();
   }
 
@@ -197,7 +192,7 @@ export class ConnectionPool {
     let conn: NativeConnection;
     try {
       // A late open is closed when it lands rather than leaked.
-      conn = await withDeadline(this.opts.open(), this.opts.openTimeoutMs, 'opening a libvirt connection', (late) => void late.close().catch(() => undefined));
+      conn = await withDeadline(this.opts.openTimeoutMs, 'opening a libvirt connection', () => this.opts.open(), (late) => void late.close().catch(() => undefined));
     } catch (err) {
       if (isCdromError(err)) throw err;
       // libvirtd down or restarting: infrastructure trouble, the command is retried
@@ -207,7 +202,7 @@ export class ConnectionPool {
       await conn.close().catch(() => undefined);
       throw new CdromError('INTERNAL', 'hypervisor adapter is closed');
     }
-    const c: PooledConnection = { id: this.nextId++, conn, domains: new Map(), inFlight: 0, key: null, stuck: 0, retiring: false, dead: false };
+    const c: PooledConnection = { id: this.nextId++, conn, domains: new Map(), inFlight: 0, key: null, retiring: false, dead: false };
     this.conns.push(c);
     this.log.debug({ connection: c.id, open: this.conns.length }, 'libvirt connection opened');
     return c;
@@ -222,15 +217,16 @@ export class ConnectionPool {
 
   private closeIfDone(c: PooledConnection): void {
     if (!c.retiring || c.dead || c.inFlight > 0) return;
-    c.dead = true;
-    this.remove(c);
+    this.discard(c);
     this.log.info({ connection: c.id }, 'retired libvirt connection closed');
-    c.conn.close().catch(() => undefined);
   }
 
-  private remove(c: PooledConnection): void {
+  /** Out of the pool for good, and closed. */
+  private discard(c: PooledConnection): void {
+    c.dead = true;
     const i = this.conns.indexOf(c);
     if (i >= 0) this.conns.splice(i, 1);
+    c.conn.close().catch(() => undefined);
   }
 
   private wake(): void {

@@ -1,4 +1,4 @@
-import { CdromError } from '../../domain/errors.js';
+import { withDeadline } from '../deadline.js';
 import type { Logger } from '../../domain/logger.js';
 import type { NativeConnection, NativeEvent, VirtBinding } from './virt.native.js';
 
@@ -61,9 +61,9 @@ export class EventsLink {
     const { virt, uri } = this.opts;
     const generation = ++this.generation;
     const opening = virt.open(uri, (e) => this.onNative(generation, e), this.opts.keepAliveIntervalSec, this.opts.keepAliveCount);
-    const conn = await withDeadline(opening, this.opts.openTimeoutMs, `opening the libvirt events connection to ${uri}`, (late) => void late.close().catch(() => undefined));
+    const conn = await withDeadline(this.opts.openTimeoutMs, `opening the libvirt events connection to ${uri}`, () => opening, (late) => void late.close().catch(() => undefined));
     try {
-      await withDeadline(conn.registerDomainEvents(), this.opts.openTimeoutMs, 'registering domain events');
+      await withDeadline(this.opts.openTimeoutMs, 'registering domain events', () => conn.registerDomainEvents());
     } catch (err) {
       await conn.close().catch(() => undefined);
       throw err;
@@ -110,23 +110,5 @@ export class EventsLink {
       });
     }, delay);
     this.timer.unref();
-  }
-}
-
-/** `work`, or a retryable TIMEOUT after `ms`; a late result is handed to `late`. */
-export async function withDeadline<T>(work: Promise<T>, ms: number, what: string, late?: (value: T) => void): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  let timedOut = false;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      timedOut = true;
-      reject(new CdromError('TIMEOUT', `${what} took longer than ${ms} ms`, { retryable: true }));
-    }, ms);
-  });
-  try {
-    return await Promise.race([work, deadline]);
-  } finally {
-    clearTimeout(timer);
-    if (timedOut && late !== undefined) work.then(late, () => undefined);
   }
 }

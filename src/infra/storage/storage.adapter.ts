@@ -2,7 +2,7 @@ import type { Logger } from '../logging.js';
 import { CdromError } from '../../domain/errors.js';
 import { UUID_RE, describeMedia, isLegacyPath, type Media, type Pdiv } from '../../domain/media.js';
 import type { PreparedVolume, StoragePort, TeardownResult, VolumeActivation } from '../../domain/ports.js';
-import { checkDeadline, withDeadline } from './deadline.js';
+import { checkDeadline, withDeadline } from '../deadline.js';
 import type { FileDomains } from './file.storage.js';
 import { KeyedMutex } from '../../domain/keyed-mutex.js';
 import type { LegacyPaths } from './legacy-path.js';

@@ -1,11 +1,13 @@
-import { CdromError } from '../../domain/errors.js';
+import { CdromError } from '../domain/errors.js';
 
 /**
  * Run `fn` with a deadline. The signal kills child processes still running; the race
  * makes the caller return on time even when a step cannot be cancelled (a stat on a
- * hung NFS mount). The outcome is unknown then, hence TIMEOUT is retryable.
+ * hung NFS mount, a libvirt call). The outcome is unknown then, hence TIMEOUT is
+ * retryable. What `fn` still produces after the deadline goes to `late` (a connection
+ * opened too late is closed there rather than leaked).
  */
-export async function withDeadline<T>(ms: number, what: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+export async function withDeadline<T>(ms: number, what: string, fn: (signal: AbortSignal) => Promise<T>, late?: (value: T) => void): Promise<T> {
   const controller = new AbortController();
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
@@ -14,10 +16,12 @@ export async function withDeadline<T>(ms: number, what: string, fn: (signal: Abo
       reject(new CdromError('TIMEOUT', `${what} did not finish within ${ms} ms`, { retryable: true }));
     }, ms);
   });
+  const work = fn(controller.signal);
   try {
-    return await Promise.race([fn(controller.signal), expired]);
+    return await Promise.race([work, expired]);
   } finally {
     clearTimeout(timer);
+    if (controller.signal.aborted && late !== undefined) work.then(late, () => undefined);
   }
 }
 
