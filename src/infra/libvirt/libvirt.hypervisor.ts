@@ -131,7 +131,7 @@ export class LibvirtHypervisor implements HypervisorPort {
   }
 
   async listCdroms(vmId: string): Promise<string[]> {
-    const xml = await this.onDomain(vmId, (lease, dom) => this.call(lease, 'read', `XMLDesc of ${vmId}`, 'read', () => dom.xmlDesc(0), vmId));
+    const xml = await this.onDomain(vmId, (lease, dom) => this.domainXml(lease, dom, vmId));
     return cdromDisks(xml).map((d) => d.drive);
   }
 
@@ -141,7 +141,7 @@ export class LibvirtHypervisor implements HypervisorPort {
    */
   async readDrives(vmId: string): Promise<Map<string, DriveSource | null>> {
     return this.onDomain(vmId, async (lease, dom) => {
-      const xml = await this.call(lease, 'read', `XMLDesc of ${vmId}`, 'read', () => dom.xmlDesc(0), vmId);
+      const xml = await this.domainXml(lease, dom, vmId);
       const drives = new Map<string, DriveSource | null>();
       for (const disk of cdromDisks(xml)) drives.set(disk.drive, await this.trueSource(lease, dom, vmId, disk.drive, disk));
       return drives;
@@ -288,8 +288,13 @@ export class LibvirtHypervisor implements HypervisorPort {
 
   // ---- plumbing ----------------------------------------------------------------------
 
+  /** The live domain XML (the persistent one for a domain not running). */
+  private domainXml(lease: Lease, dom: NativeDomain, vmId: string): Promise<string> {
+    return this.call(lease, 'read', `XMLDesc of ${vmId}`, 'read', () => dom.xmlDesc(0), vmId);
+  }
+
   private async disk(lease: Lease, dom: NativeDomain, vmId: string, drive: string): Promise<CdromDisk> {
-    const xml = await this.call(lease, 'read', `XMLDesc of ${vmId}`, 'read', () => dom.xmlDesc(0), vmId);
+    const xml = await this.domainXml(lease, dom, vmId);
     const disk = findCdromDisk(xml, drive);
     if (disk === null) throw new CdromError('DRIVE_NOT_FOUND', `VM ${vmId} has no CD-ROM ${drive}`);
     return disk;
@@ -457,7 +462,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     const known = this.aliases.get(uuid)?.get(alias);
     if (known !== undefined) return known;
     try {
-      const xml = await this.onDomain(uuid, (lease, dom) => this.call(lease, 'read', `XMLDesc of ${uuid}`, 'read', () => dom.xmlDesc(0), uuid));
+      const xml = await this.onDomain(uuid, (lease, dom) => this.domainXml(lease, dom, uuid));
       const map = new Map<string, string>();
       for (const d of cdromDisks(xml)) {
         const name = aliasOf(d.element);
