@@ -23,9 +23,9 @@ export interface StepActivities {
   recover(input: DriveInput): Promise<unknown>;
   editMetadata(input: DriveInput): Promise<unknown>;
   writeJournal(input: DriveInput & { readonly record: { readonly commandId: string } }): Promise<unknown>;
-  prepareVolume(input: { readonly media: MediaLike }): Promise<{ readonly diskType: string }>;
+  prepareVolume(input: DriveInput & { readonly media: MediaLike }): Promise<{ readonly diskType: string }>;
   updateDevice(input: DriveInput): Promise<unknown>;
-  teardownVolume(input: { readonly media: MediaLike }): Promise<unknown>;
+  teardownVolume(input: DriveInput & { readonly media: MediaLike }): Promise<unknown>;
 }
 
 export interface InstrumentOptions {
@@ -40,7 +40,7 @@ export interface InstrumentOptions {
   readonly refreshIntervalMs?: number;
 }
 
-/** Entries kept per map before the oldest go (drives seen, volumes in flight). */
+/** Drives remembered before the oldest go. */
 const MAX_TRACKED = 4096;
 
 /** A volume's identity in a command: the volumeID of a PDIV, else the legacy path. */
@@ -64,32 +64,13 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
   // A drive runs one request at a time, so the command a drive's step belongs to is the
   // one its last inspect named.
   const commandOf = new Map<string, { vmId: string; drive: string; commandId: string | null }>();
-  // prepare/teardown name a volume, not a drive: the pending journal record says which
-  // drive's command set out to load or eject it. Claimed by two drives at once → no ids.
-  const claims = new Map<string, Set<string>>();
-  const claimsOf = new Map<string, string[]>();
-
-  const release = (dk: string): void => {
-    for (const mk of claimsOf.get(dk) ?? []) {
-      const set = claims.get(mk);
-      set?.delete(dk);
-      if (set?.size === 0) claims.delete(mk);
-    }
-    claimsOf.delete(dk);
-  };
-
   const idsOfDrive = (i: DriveInput): Record<string, string | null> => ({
     commandId: commandOf.get(driveKey(i))?.commandId ?? null,
     vmId: i.vmId,
     drive: i.drive,
   });
 
-  const idsOfMedia = (media: MediaLike): Record<string, string | null> => {
-    const mk = mediaKey(media);
-    const owners = mk === null ? undefined : claims.get(mk);
-    const ids = owners?.size === 1 ? commandOf.get([...owners][0] ?? '') : undefined;
-    return { ...(ids ?? {}), volume: mk };
-  };
+  const idsOfVolume = (i: DriveInput & { readonly media: MediaLike }): Record<string, string | null> => ({ ...idsOfDrive(i), volume: mediaKey(i.media) });
 
   // One listing in flight at most, and at most one per interval; requests meanwhile fold
   // into one more listing after it.
@@ -155,30 +136,13 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
       }
     },
     editMetadata: (input) => timed('metadata', idsOfDrive(input), () => activities.editMetadata(input)),
-    writeJournal: (input) => {
-      const dk = driveKey(input);
-      const record = input.record as { readonly commandId: string; readonly previous?: MediaLike; readonly requested?: MediaLike; readonly result?: unknown };
-      if (record.result === undefined) {
-        // pending: this command now owns the volumes it will prepare or tear down
-        release(dk);
-        const keys = [mediaKey(record.previous ?? null), mediaKey(record.requested ?? null)].filter((k): k is string => k !== null);
-        for (const mk of keys) {
-          const set = claims.get(mk) ?? new Set<string>();
-          set.add(dk);
-          remember(claims, mk, set);
-        }
-        remember(claimsOf, dk, keys);
-      }
-      return timed('journal', { commandId: input.record.commandId, vmId: input.vmId, drive: input.drive }, () => activities.writeJournal(input)).finally(() => {
-        if (record.result !== undefined) release(dk);
-      });
-    },
+    writeJournal: (input) => timed('journal', { commandId: input.record.commandId, vmId: input.vmId, drive: input.drive }, () => activities.writeJournal(input)),
     prepareVolume: (input) =>
-      timed('prepare', idsOfMedia(input.media), () => activities.prepareVolume(input)).then((prepared) => {
+      timed('prepare', idsOfVolume(input), () => activities.prepareVolume(input)).then((prepared) => {
         if (prepared.diskType === 'block') refreshActive();
         return prepared;
       }),
     updateDevice: (input) => timed('update', idsOfDrive(input), () => activities.updateDevice(input)),
-    teardownVolume: (input) => timed('teardown', idsOfMedia(input.media), () => activities.teardownVolume(input)).finally(refreshActive),
+    teardownVolume: (input) => timed('teardown', idsOfVolume(input), () => activities.teardownVolume(input)).finally(refreshActive),
   };
 }
