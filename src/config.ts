@@ -54,6 +54,10 @@ export interface Config extends BusConfig {
   readonly lvmActivation: 'dm' | 'loop';
   readonly isoDirs: readonly string[];
   readonly concurrency: number;
+  /** deliveries held unacknowledged at once (AMQP prefetch); above `concurrency`, so that one blocked drive's backlog does not stop the others */
+  readonly prefetch: number;
+  /** the longest a delivery is held before it is settled one way or another; below the broker's consumer_timeout */
+  readonly maxHoldMs: number;
   readonly httpPort: number;
   readonly logLevel: LogLevel;
   /** CDROM_FAILPOINT's items, in order (empty unless CDROM_ENABLE_FAILPOINTS=1) */
@@ -198,13 +202,19 @@ export function loadConfig(env: Env = process.env): Config {
     baseDelayMs,
     maxDelayMs: Math.max(baseDelayMs, int(env, 'CDROM_RETRY_MAX_MS', 30_000, 1, 3_600_000)),
   });
+  const concurrency = int(env, 'CDROM_CONCURRENCY', 16, 1, 10_000);
+  const prefetch = int(env, 'CDROM_PREFETCH', Math.min(65_535, 4 * concurrency), 1, 65_535);
+  if (prefetch < concurrency) throw new ConfigError('CDROM_PREFETCH', `must be at least CDROM_CONCURRENCY (${concurrency}), got ${prefetch}`);
   return Object.freeze({
     ...bus,
     libvirtUri,
     storageRoot,
     lvmActivation: lvm,
     isoDirs: Object.freeze(isoDirs),
-    concurrency: int(env, 'CDROM_CONCURRENCY', 16, 1, 10_000),
+    concurrency,
+    prefetch,
+    // RabbitMQ's default consumer_timeout is 30 min: stay 5 min below it.
+    maxHoldMs: int(env, 'CDROM_MAX_HOLD_MS', 25 * 60_000, 1000, 86_400_000),
     httpPort: int(env, 'CDROM_HTTP_PORT', 9464, 0, 65_535),
     logLevel: level as LogLevel,
     failpoints,

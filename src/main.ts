@@ -6,6 +6,7 @@ import { instrumentActivities } from './infra/instrumented-activities.js';
 import { startHttpServer, type HealthState, type HttpServer } from './infra/http.js';
 import { createLogger, type Logger } from './infra/logging.js';
 import { createMetrics, type Metrics } from './infra/metrics.js';
+import { UnackedCommands } from './domain/unacked-commands.js';
 import { inPlace, isCommandExecutor, type AttemptExecutor, type CommandExecutor } from './machines/executor.js';
 
 /**
@@ -19,6 +20,8 @@ export interface WorkerDeps {
   readonly logger: Logger;
   readonly metrics: Metrics;
   readonly failpoints: Failpoints;
+  /** commands held unacknowledged, kept by the consumer: their journal records must stay */
+  readonly unacked: UnackedCommands;
 }
 
 /** What the machines give the bus. */
@@ -27,6 +30,8 @@ export interface WorkerParts {
   readonly executor: CommandExecutor | AttemptExecutor;
   /** Startup recovery of every domain on this host; readiness waits for it. */
   readonly recover?: () => Promise<void>;
+  /** Stops background work (the periodic reconciliation) when shutdown begins. */
+  readonly quiesce?: () => void;
   /** Releases the adapters (libvirt connection, …) after the bus is closed. */
   readonly close?: () => Promise<void>;
 }
@@ -38,7 +43,7 @@ export type WorkerFactory = (deps: WorkerDeps) => Promise<WorkerParts>;
  * and the per-drive registry (DriveRegistry over `createActivities`). Imported lazily so
  * the CLI tools and the bus tests never load the native libvirt addon.
  */
-export const createRealWorkerParts: WorkerFactory = async ({ config, logger, metrics, failpoints }) => {
+export const createRealWorkerParts: WorkerFactory = async ({ config, logger, metrics, failpoints, unacked }) => {
   const [{ LibvirtHypervisor }, { createStorage }, { createActivities }, { DriveRegistry }, { Reconciler }, { VolumeClaims }] = await Promise.all([
     import('./infra/libvirt/libvirt.hypervisor.js'),
     import('./infra/storage/index.js'),
@@ -51,7 +56,7 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
   const storage = createStorage({ storageRoot: config.storageRoot, activation: config.lvmActivation, isoDirs: config.isoDirs, logger });
   const claims = new VolumeClaims();
   const registry = new DriveRegistry({
-    activities: instrumentActivities(createActivities({ hypervisor, storage, failpoints, claims }), metrics, { log: logger, storage }),
+    activities: instrumentActivities(createActivities({ hypervisor, storage, failpoints, claims, unacked }), metrics, { log: logger, storage }),
     concurrency: config.concurrency,
     stepTimeoutMs: config.stepTimeoutMs,
     retry: config.retry,
@@ -85,6 +90,7 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
       );
       reconciler.start();
     },
+    quiesce: () => reconciler.stop(),
     close: async () => {
       reconciler.stop();
       await hypervisor.close();
@@ -114,6 +120,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   const log = logger.child({ component: 'main' });
   const metrics = createMetrics();
   const failpoints = createFailpoints(config.failpoints, options.crash);
+  const unacked = new UnackedCommands();
   if (config.failpoints.length > 0) log.warn({ failpoints: config.failpoints.map(formatFailpoint) }, 'failpoints enabled');
 
   const health: HealthState = { ready: false, live: true };
@@ -128,7 +135,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
 
   let parts: WorkerParts;
   try {
-    parts = await (options.createParts ?? createRealWorkerParts)({ config, logger, metrics, failpoints });
+    parts = await (options.createParts ?? createRealWorkerParts)({ config, logger, metrics, failpoints, unacked });
   } catch (err) {
     await http?.close();
     throw err;
@@ -147,18 +154,25 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       }
     },
   });
+  // Whether this worker consumes or waits as another worker's standby, once known.
+  let resolveRole!: (r: 'active' | 'standby') => void;
+  const role = { known: new Promise<'active' | 'standby'>((r) => (resolveRole = r)), resolve: (r: 'active' | 'standby') => resolveRole(r) };
   const executor = isCommandExecutor(parts.executor) ? parts.executor : inPlace(parts.executor, config.retry, () => metrics.retries.inc());
   const consumer = new CommandConsumer({
     bus,
     hostId: config.hostId,
-    concurrency: config.concurrency,
+    prefetch: config.prefetch,
+    maxHoldMs: config.maxHoldMs,
     declareTopology: config.declareTopology,
     executor,
     retry: config.retry,
     logger,
     failpoints,
     metrics,
+    unacked,
+    onStandby: () => role.resolve('standby'),
     onAttached: () => {
+      role.resolve('active');
       attached = true;
       updateReady();
     },
@@ -169,14 +183,16 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     (stopping ??= (async () => {
       log.info({ reason, inFlight: consumer.busy }, 'shutting down');
       health.ready = false;
+      // One bound for the whole drain: the running attempts, then their events and acks.
+      const drainEnd = Date.now() + config.drainTimeoutMs;
       await consumer.stop();
+      parts.quiesce?.();
       try {
         await executor.drain(config.drainTimeoutMs);
       } catch (err) {
         log.warn({ err }, 'drain did not finish; unfinished commands will be redelivered');
       }
-      // The events of drained commands are still being confirmed; give them the same bound.
-      if (!(await consumer.idle(config.drainTimeoutMs))) log.warn({ inFlight: consumer.busy }, 'closing with commands unacknowledged; they will be redelivered');
+      if (!(await consumer.idle(Math.max(0, drainEnd - Date.now())))) log.warn({ inFlight: consumer.busy }, 'closing with commands unacknowledged; they will be redelivered');
       await bus.close();
       await parts.close?.().catch((err: unknown) => log.warn({ err }, 'closing adapters failed'));
       health.live = false;
@@ -194,12 +210,13 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     recovered = true;
     consumer.attach();
     await bus.start();
+    if ((await role.known) === 'standby') log.info({ httpPort: http?.port ?? null }, 'worker started as the standby of another worker for this host');
   } catch (err) {
     await stop('startup failed');
     throw err;
   }
   updateReady();
-  log.info({ concurrency: config.concurrency, httpPort: http?.port ?? null }, 'worker ready');
+  if (health.ready) log.info({ concurrency: config.concurrency, prefetch: config.prefetch, httpPort: http?.port ?? null }, 'worker ready');
   return { httpPort: http?.port ?? null, health, metrics, stop };
 }
 

@@ -3,27 +3,38 @@ import { decodeCommand } from '../contracts/command.decode.js';
 import type { ChangeCdCommand } from '../contracts/schemas.js';
 import type { RetryConfig } from '../config.js';
 import type { ErrorInfo } from '../domain/errors.js';
+import type { UnackedCommands } from '../domain/unacked-commands.js';
 import { NO_FAILPOINTS, type Failpoints } from '../infra/failpoints.js';
 import type { Logger } from '../infra/logging.js';
 import type { Metrics } from '../infra/metrics.js';
 import type { CommandExecutor } from '../machines/executor.js';
 import type { Bus, BusSession } from './connection.js';
 import { EventPublisher, exhaustedEvent, rejectedEvent, resultEvent, type ReplyTarget } from './events.publisher.js';
-import { ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, headersOf, optString, previousDeliveries, republishOptions } from './message-props.js';
+import { HostLock } from './host-lock.js';
+import { ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, headersOf, optString, republishOptions } from './message-props.js';
 import { DEAD_EXCHANGE, commandsQueue, ensureTopology } from './topology.js';
 
 export interface CommandConsumerDeps {
   readonly bus: Bus;
   readonly hostId: string;
-  readonly concurrency: number;
+  /** deliveries held unacknowledged at once (AMQP prefetch), above the concurrency */
+  readonly prefetch: number;
+  /** the longest a delivery may be held before it must be settled (below the broker's consumer_timeout) */
+  readonly maxHoldMs: number;
   readonly declareTopology: boolean;
   readonly executor: CommandExecutor;
   readonly retry: RetryConfig;
   readonly logger: Logger;
   readonly failpoints?: Failpoints;
   readonly metrics?: Metrics;
+  /** commands held unacknowledged: their journal records are kept (shared with the activities) */
+  readonly unacked?: UnackedCommands;
   /** Called after every (re)attach of the consumer. */
   readonly onAttached?: () => void;
+  /** Called when this worker waits as the standby of another one for the same host. */
+  readonly onStandby?: () => void;
+  /** How often a standby tries to take over; default 2 s. */
+  readonly standbyPollMs?: number;
 }
 
 /** `ack`: acknowledge now; `done`: already acknowledged; `leave`: left for redelivery. */
@@ -44,23 +55,36 @@ export class CommandConsumer {
   private inFlight = 0;
   private idleWaiters: Array<() => void> = [];
 
+  private readonly lock: HostLock;
+
   constructor(private readonly deps: CommandConsumerDeps) {
     this.log = deps.logger.child({ component: 'commands-consumer' });
     this.events = new EventPublisher(deps.bus, deps.hostId);
     this.failpoints = deps.failpoints ?? NO_FAILPOINTS;
+    this.lock = new HostLock(deps.hostId, this.log, deps.standbyPollMs ?? 2000);
   }
 
-  /** Declares the topology and attaches the consumer now and after every reconnect. */
+  /**
+   * Declares the topology and, once this worker holds the host lock, attaches the
+   * consumer; again after every reconnect. Until it holds the lock it is the standby.
+   */
   attach(): void {
     this.deps.bus.addSetup(async (session) => {
       const ch = await session.openChannel();
       await ensureTopology(ch, this.deps.hostId, this.deps.declareTopology);
       if (this.stopping) return;
-      await ch.prefetch(this.deps.concurrency);
-      const { consumerTag } = await ch.consume(commandsQueue(this.deps.hostId), (msg) => this.onMessage(session, ch, msg), { noAck: false });
-      this.consumer = { channel: ch, tag: consumerTag, session };
-      this.log.info({ queue: commandsQueue(this.deps.hostId), prefetch: this.deps.concurrency, generation: session.generation }, 'consumer attached');
-      this.deps.onAttached?.();
+      // Not awaited: the session serves publishes while this worker waits as the standby.
+      void this.lock
+        .acquire(session, () => this.stopping, () => this.deps.onStandby?.())
+        .then(async (held) => {
+          if (!held || this.stopping || !session.alive) return;
+          await ch.prefetch(this.deps.prefetch);
+          const { consumerTag } = await ch.consume(commandsQueue(this.deps.hostId), (msg) => this.onMessage(session, ch, msg), { noAck: false });
+          this.consumer = { channel: ch, tag: consumerTag, session };
+          this.log.info({ queue: commandsQueue(this.deps.hostId), prefetch: this.deps.prefetch, generation: session.generation }, 'consumer attached');
+          this.deps.onAttached?.();
+        })
+        .catch((err: unknown) => this.deps.bus.fail(session, err));
     });
   }
 
@@ -68,9 +92,14 @@ export class CommandConsumer {
     return this.inFlight;
   }
 
-  /** Stop taking new messages; messages waiting for a retry are left to be redelivered. */
+  /**
+   * Stop taking new messages; messages waiting for a retry are left to be redelivered. The
+   * host lock stays held until the connection closes, after the drain: a standby must not
+   * start this host's next commands while ours still run.
+   */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.lock.stop();
     const c = this.consumer;
     this.consumer = null;
     if (c && c.session.alive) await c.channel.cancel(c.tag).catch(() => undefined);
@@ -94,7 +123,7 @@ export class CommandConsumer {
       this.deps.bus.fail(session, new Error('consumer cancelled by the broker'));
       return;
     }
-    if (this.stopping) return;
+    if (this.stopping) return; // not acked: the broker redelivers it
     this.inFlight++;
     this.deps.metrics?.inFlight.inc();
     this.handle(session, ch, msg)
@@ -116,17 +145,20 @@ export class CommandConsumer {
       });
   }
 
-  private ack(session: BusSession, ch: Channel, msg: ConsumeMessage): void {
+  /** True when the ack went out on the delivery's live channel. */
+  private ack(session: BusSession, ch: Channel, msg: ConsumeMessage): boolean {
     if (!session.alive) {
       // The delivery tag died with its channel; the broker redelivers the message and
       // the executor answers the repeat from its journal.
       this.log.info({ deliveryTag: msg.fields.deliveryTag }, 'connection lost before the ack; message will be redelivered');
-      return;
+      return false;
     }
     try {
       ch.ack(msg);
+      return true;
     } catch (err) {
       this.log.warn({ err }, 'ack failed; message will be redelivered');
+      return false;
     }
   }
 
@@ -144,7 +176,11 @@ export class CommandConsumer {
       this.deps.metrics?.deadLettered.inc({ reason: 'rejected' });
       return 'ack';
     }
-    return this.run(decoded.command, msg, reply, session, ch);
+    const { command } = decoded;
+    this.deps.unacked?.delivered(command.commandId);
+    const settle = await this.run(command, msg, reply, session, ch);
+    if (settle === 'leave') this.deps.unacked?.abandoned(command.commandId);
+    return settle;
   }
 
   /**
@@ -156,8 +192,9 @@ export class CommandConsumer {
     // bound per call, not with a child logger per command (a child serialises its bindings up front)
     const ids = { commandId: cmd.commandId, vmId: cmd.vmId, drive: cmd.drive };
     const outcome = await this.deps.executor.submit(cmd, {
-      priorAttempts: previousDeliveries(msg),
-      live: () => !this.stopping && session.alive,
+      settleBy: Date.now() + this.deps.maxHoldMs,
+      // Stopping does not end a delivery: a running attempt's result is still settled.
+      live: () => session.alive,
       settle: async (final) => {
         if (final.kind === 'result') {
           await this.events.publish(resultEvent(this.deps.hostId, cmd, final.result, final.startedAt, final.finishedAt), reply);
@@ -168,7 +205,7 @@ export class CommandConsumer {
           );
           this.deps.metrics?.commands.inc({ outcome: r.outcome, action: r.action });
         } else {
-          this.log.error({ ...ids, err: final.error, attempts: final.attempts, limit: this.deps.retry.limit }, 'retry budget exhausted; dead-lettering');
+          this.log.error({ ...ids, err: final.error, attempts: final.attempts, limit: this.deps.retry.limit }, 'command given up; dead-lettering');
           await Promise.all([
             this.events.publish(exhaustedEvent(this.deps.hostId, cmd, final.error, final.startedAt, final.finishedAt, final.attempt), reply),
             this.deadLetter(msg, final.error),
@@ -177,7 +214,8 @@ export class CommandConsumer {
           this.deps.metrics?.deadLettered.inc({ reason: 'retries-exhausted' });
         }
         this.failpoints.after('before-ack', cmd.vmId);
-        this.ack(session, ch, msg);
+        if (!this.ack(session, ch, msg)) throw new Error('the delivery died before its ack; it will be redelivered');
+        this.deps.unacked?.acked(cmd.commandId);
       },
     });
     // settled: acked inside the turn; abandoned: left unacked for redelivery

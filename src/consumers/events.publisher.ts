@@ -58,9 +58,10 @@ export function rejectedEvent(hostId: string, rejection: Rejection, at: Date): R
 }
 
 /**
- * A command whose retry budget ran out. `action` is the one attempted (as far as the
- * machine got to know it; else what the media asks for), `previous`/`current` what the
- * drive held when it was last seen, null when never seen. The error stays retryable.
+ * A command given up: its retry budget ran out, it could not be done within the longest
+ * hold, or it is poison. `action` is the one attempted (as far as the machine got to know
+ * it; else what the media asks for), `previous`/`current` what the drive held when it was
+ * last seen, null when never seen.
  */
 export function exhaustedEvent(hostId: string, cmd: ChangeCdCommand, error: ErrorInfo, startedAt: Date, finishedAt: Date, attempt?: Attempt): ResultEvent {
   return {
@@ -72,7 +73,7 @@ export function exhaustedEvent(hostId: string, cmd: ChangeCdCommand, error: Erro
     previous: attempt?.previous ?? null,
     current: attempt?.current ?? null,
     warnings: [],
-    error: { code: error.code, message: error.message, retryable: true },
+    error: { code: error.code, message: error.message, retryable: error.retryable },
   };
 }
 

@@ -17,3 +17,49 @@ export function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
     }
   };
 }
+
+/**
+ * Shared or exclusive turns: any number of shared ones at once, or one exclusive one
+ * alone. An exclusive one waiting holds back shared ones that arrive after it, so it is
+ * not starved; turns are granted in arrival order otherwise.
+ */
+export class SharedGate {
+  private shared = 0;
+  private exclusive = false;
+  private readonly waiting: { readonly exclusive: boolean; readonly go: () => void }[] = [];
+
+  /** Runs `fn` in a turn of the kind asked for. */
+  async run<T>(exclusive: boolean, fn: () => Promise<T>): Promise<T> {
+    if (this.mayEnter(exclusive) && this.waiting.length === 0) this.enter(exclusive);
+    else await new Promise<void>((go) => this.waiting.push({ exclusive, go }));
+    try {
+      return await fn();
+    } finally {
+      if (exclusive) this.exclusive = false;
+      else this.shared -= 1;
+      this.admit();
+    }
+  }
+
+  /** How many turns wait; an exclusive one among them delays every later one. */
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  private mayEnter(exclusive: boolean): boolean {
+    return !this.exclusive && (!exclusive || this.shared === 0);
+  }
+
+  private enter(exclusive: boolean): void {
+    if (exclusive) this.exclusive = true;
+    else this.shared += 1;
+  }
+
+  private admit(): void {
+    for (let next = this.waiting[0]; next !== undefined && this.mayEnter(next.exclusive); next = this.waiting[0]) {
+      this.waiting.shift();
+      this.enter(next.exclusive);
+      next.go();
+    }
+  }
+}

@@ -17,11 +17,13 @@ export interface ChangeResult {
 /**
  * How executing a command ended, for the consumer:
  * - `result`: done or failed for good; publish the event, then ack;
- * - `retry`: infrastructure trouble, outcome unknown; try again later (within a budget).
+ * - `retry`: infrastructure trouble, outcome unknown; try again later (within a budget);
+ * - `poisoned`: the worker died while running it too often; give it up (dead letter).
  */
 export type Execution =
   | { readonly kind: 'result'; readonly result: ChangeResult; readonly startedAt: Date; readonly finishedAt: Date; readonly replayed: boolean }
-  | { readonly kind: 'retry'; readonly error: ErrorInfo; readonly attempt?: Attempt };
+  | { readonly kind: 'retry'; readonly error: ErrorInfo; readonly attempt?: Attempt }
+  | { readonly kind: 'poisoned'; readonly error: ErrorInfo; readonly attempt?: Attempt };
 
 /** What a command that has to be retried had set out to do, once that was known. */
 export interface Attempt {

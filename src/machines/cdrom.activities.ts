@@ -5,6 +5,7 @@ import { Journal, type JournalRecord, type PendingRecord, type DoneRecord } from
 import { VmMetadata, type CdState, type DriveMetadata } from '../domain/metadata/ovirt-vm.metadata.js';
 import { JOURNAL_NS, OVIRT_VM_NS, type MetadataNamespace, type DriveSource, type HypervisorPort, type PreparedVolume, type StoragePort, type TeardownResult } from '../domain/ports.js';
 import { VolumeClaims } from '../domain/volume-claims.js';
+import type { UnackedCommands } from '../domain/unacked-commands.js';
 import { decideRecovery, sourceHolds, volumesToCheck, type RecoveryRow } from '../domain/recovery.js';
 import { NO_FAILPOINTS, type Failpoint, type Failpoints } from '../domain/failpoints.js';
 
@@ -46,6 +47,8 @@ export interface Activities {
   recover(input: DriveRef): Promise<RecoveryReport>;
   editMetadata(input: DriveRef & { readonly edits: readonly MetadataEdit[]; readonly failpoint?: Failpoint }): Promise<void>;
   writeJournal(input: DriveRef & { readonly record: Omit<PendingRecord, 'status'> | Omit<DoneRecord, 'status'> }): Promise<void>;
+  /** Drops the command's pending record (a poison message given up). */
+  forgetCommand(input: DriveRef & { readonly commandId: string }): Promise<void>;
   prepareVolume(input: DriveRef & { readonly media: Media }): Promise<PreparedVolume>;
   updateDevice(input: DriveRef & { readonly source: DriveSource | null }): Promise<void>;
   /** `in-use` without touching storage while another drive claims the volume (CONTRACT §5 v1.1) */
@@ -60,6 +63,8 @@ export interface ActivityDeps {
   readonly metadataLocks?: KeyedMutex;
   /** volumes other drives have in an unfinished change: never torn down from under them */
   readonly claims?: VolumeClaims;
+  /** commands the broker may still redeliver: their journal records are never evicted */
+  readonly unacked?: UnackedCommands;
 }
 
 export function createActivities(deps: ActivityDeps): Activities {
@@ -67,6 +72,8 @@ export function createActivities(deps: ActivityDeps): Activities {
   const fp = deps.failpoints ?? NO_FAILPOINTS;
   const locks = deps.metadataLocks ?? new KeyedMutex();
   const claims = deps.claims ?? new VolumeClaims();
+  const unacked = deps.unacked;
+  const pinned = unacked === undefined ? undefined : (commandId: string): boolean => unacked.has(commandId);
   /** Tear down unless another drive has the volume in an unfinished change. */
   const teardown = (media: Media, ref: DriveRef): Promise<TeardownResult> =>
     claims.claimedByOthers(media, driveKey(ref.vmId, ref.drive)) ? Promise.resolve('in-use') : storage.teardownVolume(media);
@@ -180,8 +187,12 @@ export function createActivities(deps: ActivityDeps): Activities {
       const failpoint = 'result' in record ? 'journal-done' : 'journal-pending';
       fp.before(failpoint, vmId);
       // The journal namespace is this worker's own: inspect() has just read it, or we wrote it.
-      await rewrite(vmId, JOURNAL_NS, journalCache, (journal) => ('result' in record ? journal.withDone(record) : journal.withPending(record)), true);
+      await rewrite(vmId, JOURNAL_NS, journalCache, (journal) => ('result' in record ? journal.withDone(record, pinned) : journal.withPending(record)), true);
       fp.after(failpoint, vmId);
+    },
+
+    async forgetCommand({ vmId, drive, commandId }) {
+      await rewrite(vmId, JOURNAL_NS, journalCache, (journal) => journal.withoutPending(drive, commandId), true);
     },
 
     async prepareVolume({ vmId, media }) {

@@ -23,12 +23,27 @@ import { Deadlines, StepRunner } from './step-runner.js';
  * 3–4× dearer per command; `npx tsx bench/steps.bench.ts` measures both.)
  */
 
+/**
+ * How a request ended:
+ * - `result`: the command's outcome, with the times every event for it carries (a repeat
+ *   answered from the journal carries the first one's);
+ * - `retry`: infrastructure trouble, outcome unknown;
+ * - `suspect`: an earlier worker run ended while running this command; nothing was
+ *   touched: run it again on its own (`exclusive`), so that if the worker dies again, this
+ *   command is the only one to blame;
+ * - `poisoned`: the worker has died while running it more than `crashLimit` times; the
+ *   drive is consistent and the journal forgets the command (a replay starts afresh);
+ * - `recovered`: a RECOVER request's report.
+ */
 export type Settlement =
-  | { readonly kind: 'result'; readonly result: ChangeResult; readonly replayed: boolean }
+  | { readonly kind: 'result'; readonly result: ChangeResult; readonly replayed: boolean; readonly startedAt: string; readonly finishedAt: string }
   | { readonly kind: 'retry'; readonly error: ErrorInfo; readonly attempt?: Attempt }
+  | { readonly kind: 'suspect'; readonly deaths: number }
+  | { readonly kind: 'poisoned'; readonly error: ErrorInfo; readonly attempt: Attempt }
   | { readonly kind: 'recovered'; readonly report: RecoveryReport | null; readonly error: ErrorInfo | null };
 
-export type CdromEvent = { type: 'EXECUTE'; command: ChangeCdCommand; startedAt: string } | { type: 'RECOVER' };
+/** `exclusive`: nothing else runs in this worker meanwhile (a suspect's run, see Settlement). */
+export type CdromEvent = { type: 'EXECUTE'; command: ChangeCdCommand; startedAt: string; exclusive?: boolean } | { type: 'RECOVER' };
 
 /** What a started step sends back to its actor. */
 export type StepEvent =
@@ -36,6 +51,7 @@ export type StepEvent =
   | { type: 'recover.done'; output: RecoveryReport }
   | { type: 'editMetadata.done'; output: void }
   | { type: 'writeJournal.done'; output: void }
+  | { type: 'forgetCommand.done'; output: void }
   | { type: 'prepareVolume.done'; output: PreparedVolume }
   | { type: 'updateDevice.done'; output: void }
   | { type: 'teardownVolume.done'; output: TeardownResult }
@@ -52,6 +68,12 @@ export interface CdromOptions {
   readonly stepTimeoutMs: number;
   /** the runner of the steps, when its owner needs to see them (hangs, quiet drives) */
   readonly steps?: StepRunner;
+  /** this worker run (process); pending journal records name it */
+  readonly runId?: string;
+  /** runs that may end while running one command before it is poison (CDROM_RETRY_LIMIT) */
+  readonly crashLimit?: number;
+  /** the clock of the times a result records */
+  readonly now?: () => Date;
 }
 
 interface Context extends DriveRef {
@@ -66,7 +88,13 @@ interface Context extends DriveRef {
   prepared: PreparedVolume | null;
   warnings: WarningInfo[];
   error: ErrorInfo | null;
-  replayed: ChangeResult | null;
+  replayed: DoneRecord | null;
+  /** nothing else runs in the worker meanwhile */
+  exclusive: boolean;
+  /** earlier runs that ended while running this command */
+  deaths: number;
+  /** when the result was recorded, ISO; '' until then */
+  finishedAt: string;
 }
 
 const asError = (err: unknown): ErrorInfo => toCdromError(err).toInfo();
@@ -114,10 +142,22 @@ const fresh = {
   warnings: [],
   error: null,
   replayed: null,
+  exclusive: false,
+  deaths: 0,
+  finishedAt: '',
 } satisfies Omit<Context, keyof DriveRef>;
 
 export function createCdromMachine(activities: Activities, options: CdromOptions = { stepTimeoutMs: 60_000 }) {
   const steps = options.steps ?? new StepRunner(new Deadlines(options.stepTimeoutMs));
+  const runId = options.runId ?? 'run';
+  const crashLimit = options.crashLimit ?? 5;
+  const now = options.now ?? (() => new Date());
+  /** The journal record a state writes: what the command set out to do, or how it ended. */
+  const journalRecord = (ctx: Context, kind: 'pending' | 'completed' | 'failed'): Omit<PendingRecord, 'status'> | Omit<DoneRecord, 'status'> => {
+    const commandId = (ctx.command as ChangeCdCommand).commandId;
+    if (kind === 'pending') return { commandId, drive: ctx.drive, action: ctx.action, previous: ctx.previous, requested: ctx.requested, startedAt: ctx.startedAt, run: runId, deaths: ctx.deaths };
+    return { commandId, drive: ctx.drive, result: resultOf(ctx, kind), startedAt: ctx.startedAt, finishedAt: ctx.finishedAt };
+  };
   return setup({
     types: {
       context: {} as Context,
@@ -143,6 +183,8 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       },
       writeJournal: ({ context, self }, params: { record: 'pending' | 'completed' | 'failed' }) =>
         steps.run(self, 'writeJournal.done', 'a journal write', () => activities.writeJournal({ vmId: context.vmId, drive: context.drive, record: journalRecord(context, params.record) })),
+      forgetCommand: ({ context, self }) =>
+        steps.run(self, 'forgetCommand.done', 'a journal write', () => activities.forgetCommand({ vmId: context.vmId, drive: context.drive, commandId: (context.command as ChangeCdCommand).commandId })),
       prepareVolume: ({ context, self }) => steps.run(self, 'prepareVolume.done', 'preparing the volume', () => activities.prepareVolume({ vmId: context.vmId, drive: context.drive, media: context.requested as Media })),
       updateDevice: ({ context, self }, params: { source: 'new' | 'empty' }) =>
         steps.run(self, 'updateDevice.done', 'changing the media (updateDeviceFlags)', () =>
@@ -159,10 +201,29 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       warn: assign(({ context, event }, params: { code: string; what: string }) => ({
         warnings: [...context.warnings, warn(params.code, errorOf(event), params.what)],
       })),
-      settleResult: emit(({ context }) => ({
-        type: 'settled' as const,
-        settlement: { kind: 'result' as const, result: context.replayed ?? resultOf(context, context.error === null ? 'completed' : 'failed'), replayed: context.replayed !== null },
-      })),
+      settleResult: emit(({ context }) => {
+        const r = context.replayed;
+        const settlement: Settlement =
+          r !== null
+            ? { kind: 'result', result: r.result, replayed: true, startedAt: r.startedAt, finishedAt: r.finishedAt ?? now().toISOString() }
+            : { kind: 'result', result: resultOf(context, context.error === null ? 'completed' : 'failed'), replayed: false, startedAt: context.startedAt, finishedAt: context.finishedAt || now().toISOString() };
+        return { type: 'settled' as const, settlement };
+      }),
+      /** the result's time, recorded with it */
+      stamp: assign({ finishedAt: () => now().toISOString() }),
+      /** what the command is to do, from what the drive holds now */
+      decide: assign(({ event, context }) => {
+        const output = (event as { output: Inspection }).output;
+        const same = sameMedia(output.current, context.requested);
+        const rec = output.record?.status === 'pending' ? output.record : undefined;
+        return {
+          inspection: output,
+          previous: output.current,
+          current: output.current,
+          action: actionFor(output.current, context.requested, same),
+          ...(rec !== undefined ? { startedAt: rec.startedAt, deaths: rec.run === runId ? (rec.deaths ?? 0) : (rec.deaths ?? 0) + 1 } : {}),
+        };
+      }),
       settleRetry: emit(({ context }) => ({
         type: 'settled' as const,
         settlement: {
@@ -186,6 +247,7 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
               command: event.command,
               startedAt: event.startedAt,
               requested: event.command.media,
+              exclusive: event.exclusive === true,
             })),
           },
           RECOVER: 'recovering',
@@ -215,7 +277,7 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
               // metadata still records (its final write was lost) is recovered first.
               guard: ({ event, context }) => event.output.record?.status === 'done' && (!event.output.pending || context.recovered),
               target: 'settled',
-              actions: assign(({ event }) => ({ replayed: (event.output.record as DoneRecord).result })),
+              actions: assign(({ event }) => ({ replayed: event.output.record as DoneRecord })),
             },
             {
               guard: ({ event, context }) => event.output.pending && !context.recovered,
@@ -237,21 +299,16 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
               target: 'recordingDone',
               actions: assign(({ event }) => {
                 const rec = event.output.record as PendingRecord;
-                return { action: rec.action, previous: rec.previous, current: event.output.current };
+                return { action: rec.action, previous: rec.previous, current: event.output.current, startedAt: rec.startedAt };
               }),
             },
             {
-              target: 'deciding',
-              actions: assign(({ event, context }) => {
-                const same = sameMedia(event.output.current, context.requested);
-                return {
-                  inspection: event.output,
-                  previous: event.output.current,
-                  current: event.output.current,
-                  action: actionFor(event.output.current, context.requested, same),
-                };
-              }),
+              // Started by a run that has ended since: it died (or stopped) while running it.
+              guard: ({ event }) => event.output.record?.status === 'pending' && event.output.record.run !== runId,
+              target: 'suspected',
+              actions: 'decide',
             },
+            { target: 'deciding', actions: 'decide' },
           ],
           'step.error': [
             { guard: 'retryable', target: 'retrying', actions: 'keepError' },
@@ -275,6 +332,41 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
             { target: 'inspecting', actions: assign({ recovered: true }) },
           ],
         },
+      },
+
+      suspected: {
+        always: [
+          { guard: ({ context }) => context.deaths > crashLimit, target: 'poisoned' },
+          { guard: ({ context }) => !context.exclusive, target: 'isolating' },
+          { target: 'deciding' },
+        ],
+      },
+
+      isolating: {
+        entry: emit(({ context }) => ({ type: 'settled' as const, settlement: { kind: 'suspect' as const, deaths: context.deaths } })),
+        always: { target: 'idle', actions: 'reset' },
+      },
+
+      // Given up: the drive is as the recovery left it; forget the command so that a
+      // replay of its dead letter starts afresh.
+      poisoned: {
+        entry: 'forgetCommand',
+        on: {
+          'forgetCommand.done': 'givenUp',
+          'step.error': [{ guard: 'retryable', target: 'retrying', actions: 'keepError' }, { target: 'givenUp' }],
+        },
+      },
+
+      givenUp: {
+        entry: emit(({ context }) => ({
+          type: 'settled' as const,
+          settlement: {
+            kind: 'poisoned' as const,
+            error: { code: 'INTERNAL' as const, message: `worker crashed while running it: ${context.deaths} runs ended during this command (CDROM_RETRY_LIMIT ${crashLimit})`, retryable: false },
+            attempt: { action: context.action, previous: context.previous, current: context.current },
+          },
+        })),
+        always: { target: 'idle', actions: 'reset' },
       },
 
       deciding: {
@@ -490,7 +582,7 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       },
 
       recordingDone: {
-        entry: { type: 'writeJournal', params: { record: 'completed' } },
+        entry: ['stamp', { type: 'writeJournal', params: { record: 'completed' } }],
         on: {
           'writeJournal.done': 'finishing',
           'step.error': [
@@ -510,7 +602,7 @@ export function createCdromMachine(activities: Activities, options: CdromOptions
       },
 
       recordingFailed: {
-        entry: { type: 'writeJournal', params: { record: 'failed' } },
+        entry: ['stamp', { type: 'writeJournal', params: { record: 'failed' } }],
         on: {
           'writeJournal.done': 'settled',
           'step.error': [
@@ -553,13 +645,6 @@ function editsOf(set: EditSet, ctx: Context): readonly MetadataEdit[] {
     default:
       return EDITS[set];
   }
-}
-
-/** The journal record a state writes: what the command set out to do, or how it ended. */
-function journalRecord(ctx: Context, kind: 'pending' | 'completed' | 'failed'): Omit<PendingRecord, 'status'> | Omit<DoneRecord, 'status'> {
-  const commandId = (ctx.command as ChangeCdCommand).commandId;
-  if (kind === 'pending') return { commandId, drive: ctx.drive, action: ctx.action, previous: ctx.previous, requested: ctx.requested, startedAt: ctx.startedAt };
-  return { commandId, drive: ctx.drive, result: resultOf(ctx, kind), startedAt: ctx.startedAt };
 }
 
 /** The flow's final metadata write: the one that removes `state`. */

@@ -1,7 +1,8 @@
+import { randomUUID } from 'node:crypto';
 import { createActor, type Actor } from 'xstate';
 import type { ChangeCdCommand } from '../contracts/schemas.js';
 import type { ErrorInfo } from '../domain/errors.js';
-import { limiter } from '../domain/limiter.js';
+import { SharedGate, limiter } from '../domain/limiter.js';
 import type { Logger } from '../domain/logger.js';
 import { driveKey } from '../domain/media.js';
 import type { Execution } from '../domain/outcome.js';
@@ -24,7 +25,11 @@ import { Deadlines, StepRunner, type HungStep } from './step-runner.js';
  * - a step that timed out may still land: the drive stays held until every call it
  *   started has returned, and is then reconciled with what libvirt shows (RECOVER)
  *   before anything else runs on it. Other drives are not affected;
- * - a command ends inside its turn: the next one starts after its event and ack.
+ * - a command ends inside its turn: the next one starts after its event and ack;
+ * - a redelivery of a command still in progress under a delivery that died joins it:
+ *   the one execution carries on, and settles through the live delivery;
+ * - a command an earlier worker run was running when it ended (a `suspect`) runs alone,
+ *   so that a crash during it blames it and not the commands beside it (CONTRACT §9).
  */
 
 export interface RegistryOptions {
@@ -51,10 +56,20 @@ export interface RegistryOptions {
   readonly observe?: (event: { vmId: string; drive: string; settlement: Settlement; durationMs: number }) => void;
   /** called before each retry's backoff, e.g. for metrics */
   readonly onRetry?: (event: { vmId: string; drive: string; commandId: string; attempt: number; error: ErrorInfo; delayMs: number }) => void;
+  /** this worker run's id, recorded in the journal's pending records (default: random) */
+  readonly runId?: string;
+}
+
+/** A command in its drive's line; a redelivery that joins it replaces `ticket` and `resolve`. */
+interface CommandJob {
+  readonly kind: 'command';
+  readonly command: ChangeCdCommand;
+  ticket: CommandTicket;
+  resolve: (r: 'settled' | 'abandoned') => void;
 }
 
 type Job =
-  | { readonly kind: 'command'; readonly command: ChangeCdCommand; readonly ticket: CommandTicket; readonly resolve: (r: 'settled' | 'abandoned') => void }
+  | CommandJob
   | { readonly kind: 'once'; readonly command: ChangeCdCommand; readonly resolve: (e: Execution) => void }
   | { readonly kind: 'recover'; readonly resolve: (s: Settlement) => void };
 
@@ -94,16 +109,26 @@ export class DriveRegistry implements CommandExecutor {
   private hung = 0;
   private hungStorage = 0;
   private readonly backoffs = new Backoffs();
+  /** commands queued or running, by drive and commandId: what a redelivery may join */
+  private readonly commands = new Map<string, CommandJob>();
+  /** shared turns for attempts and recoveries; a suspect's attempt takes an exclusive one */
+  private readonly gate = new SharedGate();
 
   constructor(private readonly opts: RegistryOptions) {
     this.steps = new StepRunner(new Deadlines(opts.stepTimeoutMs), (h) => this.onHang(h));
-    this.machine = createCdromMachine(opts.activities, { stepTimeoutMs: opts.stepTimeoutMs, steps: this.steps });
-    this.limit = limiter(opts.concurrency);
     this.now = opts.now ?? (() => new Date());
+    this.retry = opts.retry ?? DEFAULT_RETRY;
+    this.machine = createCdromMachine(opts.activities, {
+      stepTimeoutMs: opts.stepTimeoutMs,
+      steps: this.steps,
+      runId: opts.runId ?? randomUUID(),
+      crashLimit: this.retry.limit,
+      now: this.now,
+    });
+    this.limit = limiter(opts.concurrency);
     this.log = opts.log.child({ component: 'registry' });
     this.idleTtlMs = opts.idleTtlMs ?? 5_000;
     this.maxIdle = opts.maxIdle ?? 256;
-    this.retry = opts.retry ?? DEFAULT_RETRY;
     this.claims = opts.claims ?? new VolumeClaims();
     this.closing = new Promise((resolve) => (this.close = resolve));
   }
@@ -120,7 +145,24 @@ export class DriveRegistry implements CommandExecutor {
 
   submit(command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'> {
     if (this.closed) return Promise.resolve('abandoned');
-    return new Promise((resolve) => this.enqueue(command.vmId, command.drive, { kind: 'command', command, ticket, resolve }));
+    const key = `${driveKey(command.vmId, command.drive)}|${command.commandId.toLowerCase()}`;
+    return new Promise((resolve) => {
+      const running = this.commands.get(key);
+      if (running !== undefined && !running.ticket.live()) {
+        // Its delivery died (the broker connection was lost): this redelivery takes over
+        // the execution in progress instead of starting a second one behind it.
+        const orphaned = running.resolve;
+        running.ticket = ticket;
+        running.resolve = resolve;
+        orphaned('abandoned');
+        this.log.info({ commandId: command.commandId, vmId: command.vmId, drive: command.drive }, 'redelivery joins the command in progress');
+        return;
+      }
+      const job: CommandJob = { kind: 'command', command, ticket, resolve: (r) => resolve(r) };
+      // A live duplicate (the same commandId sent twice) queues behind, answered from the journal.
+      if (running === undefined) this.commands.set(key, job);
+      this.enqueue(command.vmId, command.drive, job);
+    });
   }
 
   /** One attempt, without retries and without a ticket (tools, tests, benchmarks). */
@@ -148,9 +190,33 @@ export class DriveRegistry implements CommandExecutor {
     this.closed = true;
     this.close();
     this.backoffs.wakeAll();
+    // Not started: left to redelivery at once. Running: their attempt finishes (a step
+    // that is running is never cut short), and no retry or backoff follows it.
+    for (const slot of this.slots.values()) for (const job of slot.queue.splice(0)) this.abandon(job);
     const deadline = Date.now() + timeoutMs;
     while (this.pending() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.reap(0);
+  }
+
+  private abandon(job: Job): void {
+    const shuttingDown: ErrorInfo = { code: 'INTERNAL', message: 'worker is shutting down', retryable: true };
+    switch (job.kind) {
+      case 'command':
+        this.forget(job);
+        job.resolve('abandoned');
+        break;
+      case 'once':
+        job.resolve({ kind: 'retry', error: shuttingDown });
+        break;
+      case 'recover':
+        job.resolve({ kind: 'recovered', report: null, error: shuttingDown });
+        break;
+    }
+  }
+
+  private forget(job: CommandJob): void {
+    const key = `${driveKey(job.command.vmId, job.command.drive)}|${job.command.commandId.toLowerCase()}`;
+    if (this.commands.get(key) === job) this.commands.delete(key);
   }
 
   /** Stop the actors of drives idle for `ttlMs` or longer (never one with a call still out). */
@@ -202,9 +268,12 @@ export class DriveRegistry implements CommandExecutor {
     try {
       for (let job = slot.queue.shift(); job !== undefined; job = slot.queue.shift()) {
         switch (job.kind) {
-          case 'command':
-            job.resolve(await this.runCommand(slot, job.command, job.ticket));
+          case 'command': {
+            const outcome = await this.runCommand(slot, job);
+            this.forget(job);
+            job.resolve(outcome);
             break;
+          }
           case 'once':
             job.resolve(await this.runOnce(slot, job.command));
             break;
@@ -245,14 +314,23 @@ export class DriveRegistry implements CommandExecutor {
   }
 
   /** A command through its retries, at the head of its drive's line until it has ended. */
-  private runCommand(slot: Slot, command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'> {
+  private runCommand(slot: Slot, job: CommandJob): Promise<'settled' | 'abandoned'> {
+    const { command } = job;
     const ids = { commandId: command.commandId, vmId: command.vmId, drive: command.drive };
     this.claims.claim(slot.key, command.media);
+    // Whichever delivery holds the job now: a redelivery may join it at any step.
+    const ticket: CommandTicket = {
+      get settleBy() {
+        return job.ticket.settleBy;
+      },
+      live: () => job.ticket.live(),
+      settle: (final) => job.ticket.settle(final),
+    };
     // A spent budget leaves the drive dirty: its next command reconciles it first.
     return retryInPlace(ticket, {
       policy: this.retry,
       now: this.now,
-      ready: () => this.ready(slot, ticket),
+      ready: (settleBy) => this.ready(slot, settleBy),
       attempt: (startedAt) => this.attempt(slot, command, startedAt),
       sleep: (ms) => this.backoffs.sleep(ms),
       onRetry: (attempt, error, delayMs) => {
@@ -265,22 +343,32 @@ export class DriveRegistry implements CommandExecutor {
   }
 
   private async runOnce(slot: Slot, command: ChangeCdCommand): Promise<Execution> {
-    await this.ready(slot, null);
+    if ((await this.ready(slot, undefined)) !== 'go') return { kind: 'retry', error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } };
     return this.attempt(slot, command, this.now());
   }
 
   /** One attempt of a command on its drive; a retry leaves the drive to be reconciled. */
-  private async attempt(slot: Slot, command: ChangeCdCommand, startedAt: Date): Promise<Execution> {
+  private async attempt(slot: Slot, command: ChangeCdCommand, startedAt: Date, exclusive = false): Promise<Execution> {
     const t0 = this.now();
-    const s = await this.limit(() => this.send(slot, { type: 'EXECUTE', command, startedAt: startedAt.toISOString() }));
+    const event: CdromEvent = { type: 'EXECUTE', command, startedAt: startedAt.toISOString(), ...(exclusive ? { exclusive } : {}) };
+    const s = await this.gate.run(exclusive, () => this.limit(() => this.send(slot, event)));
     this.observe(slot, s, t0);
+    const ids = { commandId: command.commandId, vmId: slot.vmId, drive: slot.drive };
     switch (s.kind) {
       case 'result':
-        this.log.debug({ commandId: command.commandId, vmId: slot.vmId, drive: slot.drive, outcome: s.result.outcome, action: s.result.action, replayed: s.replayed }, `changeCD ${s.result.outcome}`);
-        return { kind: 'result', result: s.result, startedAt: t0, finishedAt: this.now(), replayed: s.replayed };
+        this.log.debug({ ...ids, outcome: s.result.outcome, action: s.result.action, replayed: s.replayed }, `changeCD ${s.result.outcome}`);
+        return { kind: 'result', result: s.result, startedAt: new Date(s.startedAt), finishedAt: new Date(s.finishedAt), replayed: s.replayed };
       case 'retry':
         slot.dirty = true;
         return { kind: 'retry', error: s.error, ...(s.attempt ? { attempt: s.attempt } : {}) };
+      case 'suspect':
+        // Nothing was touched; the run is not an attempt.
+        if (this.closed) return { kind: 'retry', error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } };
+        this.log.warn({ ...ids, deaths: s.deaths, limit: this.retry.limit }, 'an earlier worker run ended while running this command; running it alone');
+        return this.attempt(slot, command, startedAt, true);
+      case 'poisoned':
+        this.log.error({ ...ids, err: s.error }, 'poison message: the worker keeps dying while running it; giving it up');
+        return { kind: 'poisoned', error: s.error, attempt: s.attempt };
       case 'recovered':
         slot.dirty = true;
         return { kind: 'retry', error: { code: 'INTERNAL', message: 'unexpected recovery settlement', retryable: true } };
@@ -288,9 +376,9 @@ export class DriveRegistry implements CommandExecutor {
   }
 
   private async runRecover(slot: Slot): Promise<Settlement> {
-    if (!(await this.quiet(slot))) return { kind: 'recovered', report: null, error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } };
+    if ((await this.quiet(slot, undefined)) !== 'quiet') return { kind: 'recovered', report: null, error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } };
     const t0 = this.now();
-    const s = await this.limit(() => this.send(slot, { type: 'RECOVER' }));
+    const s = await this.gate.run(false, () => this.limit(() => this.send(slot, { type: 'RECOVER' })));
     this.observe(slot, s, t0);
     if (s.kind === 'recovered' && s.error === null) slot.dirty = false;
     return s;
@@ -298,28 +386,34 @@ export class DriveRegistry implements CommandExecutor {
 
   /**
    * Waits until nothing started on the drive can still land, then reconciles it if a
-   * step failed or hung since its last reconciliation. False when the command is to be
-   * abandoned (its delivery died, or the worker is stopping).
+   * step failed or hung since its last reconciliation. `abandon` when the worker is
+   * stopping, `expired` when `settleBy` passed first.
    */
-  private async ready(slot: Slot, ticket: CommandTicket | null): Promise<boolean> {
+  private async ready(slot: Slot, settleBy: number | undefined): Promise<'go' | 'abandon' | 'expired'> {
     for (;;) {
-      if (!(await this.quiet(slot)) || (ticket !== null && !ticket.live())) return false;
-      if (!slot.dirty) return true;
+      if (this.closed) return 'abandon';
+      const q = await this.quiet(slot, settleBy);
+      if (q !== 'quiet') return q;
+      if (!slot.dirty) return 'go';
       const s = await this.runRecover(slot);
       // A recovery that failed without hanging (libvirt unreachable, say) is left to the
       // command itself: its inspection recovers a recorded change first, and its own
       // failure is retried with backoff rather than here in a tight loop.
-      if (s.kind === 'recovered' && s.error !== null && slot.actor !== null && !this.steps.busy(slot.actor)) return true;
+      if (s.kind === 'recovered' && s.error !== null && slot.actor !== null && !this.steps.busy(slot.actor)) return 'go';
     }
   }
 
-  /** Resolves true once no step of the drive is running; false when drain began first. */
-  private async quiet(slot: Slot): Promise<boolean> {
+  /** Resolves once no step of the drive is running, or when drain began or `settleBy` passed first. */
+  private async quiet(slot: Slot, settleBy: number | undefined): Promise<'quiet' | 'abandon' | 'expired'> {
     const actor = slot.actor;
-    if (actor === null || !this.steps.busy(actor)) return true;
+    if (actor === null || !this.steps.busy(actor)) return 'quiet';
     this.log.info({ vmId: slot.vmId, drive: slot.drive }, 'drive held until its hung call returns');
-    const outcome = await Promise.race([this.steps.quiet(actor).then(() => true), this.closing.then(() => false)]);
-    if (outcome) this.log.info({ vmId: slot.vmId, drive: slot.drive }, 'hung call returned; drive released');
+    let timer: NodeJS.Timeout | undefined;
+    const waits: Promise<'quiet' | 'abandon' | 'expired'>[] = [this.steps.quiet(actor).then(() => 'quiet' as const), this.closing.then(() => 'abandon' as const)];
+    if (settleBy !== undefined) waits.push(new Promise((resolve) => (timer = setTimeout(() => resolve('expired'), Math.max(0, settleBy - Date.now())))));
+    const outcome = await Promise.race(waits);
+    clearTimeout(timer);
+    if (outcome === 'quiet') this.log.info({ vmId: slot.vmId, drive: slot.drive }, 'hung call returned; drive released');
     return outcome;
   }
 

@@ -12,7 +12,7 @@ export interface RetryPolicy {
   readonly maxDelayMs: number;
 }
 
-/** How a command ended for good: its result, or its retry budget spent. */
+/** How a command ended for good: its result, or given up (retry budget spent, poison, held too long). */
 export type FinalExecution =
   | Extract<Execution, { kind: 'result' }>
   | {
@@ -26,8 +26,12 @@ export type FinalExecution =
 
 /** What the bus hands over with a command: how to end it, and whether it still may. */
 export interface CommandTicket {
-  /** Deliveries of this message that ended without an outcome; they count against the budget. */
-  readonly priorAttempts: number;
+  /**
+   * Epoch ms by which the command must be settled (the broker's consumer timeout closes
+   * the channel of a delivery held longer): a command not done by then is given up
+   * (TIMEOUT, dead-lettered) rather than held on. None: no bound.
+   */
+  readonly settleBy?: number;
   /**
    * False once the delivery can no longer be settled (its channel is gone, or the worker
    * is stopping): the command is abandoned where it stands and left to redelivery.
@@ -47,9 +51,16 @@ export interface CommandTicket {
  * drive. Different drives run concurrently up to the configured limit.
  */
 export interface CommandExecutor {
-  /** Resolves once the command is settled (through its ticket) or abandoned. Never rejects. */
+  /**
+   * Resolves once the command is settled (through its ticket) or abandoned; `joined`: it
+   * was already in progress under a delivery that died, and carries on under this one.
+   * Never rejects.
+   */
   submit(command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'>;
-  /** Resolves when nothing is in flight; new commands are refused after this. */
+  /**
+   * Stops: commands not started are abandoned at once (left to redelivery), running
+   * attempts finish, and no retry starts. Resolves when nothing runs, or after `timeoutMs`.
+   */
   drain(timeoutMs: number): Promise<void>;
 }
 
@@ -70,8 +81,11 @@ export function isCommandExecutor(e: CommandExecutor | AttemptExecutor): e is Co
 export interface RetryLoop {
   readonly policy: RetryPolicy;
   readonly now: () => Date;
-  /** Before each attempt; false abandons the command where it stands. */
-  ready(): Promise<boolean>;
+  /**
+   * Before each attempt: `go`; `abandon` leaves the command where it stands; `expired`:
+   * its settle-by time passed while it waited (for a hung call to return).
+   */
+  ready(settleBy: number | undefined): Promise<'go' | 'abandon' | 'expired'>;
   /** One attempt; `startedAt` is the command's first one. */
   attempt(startedAt: Date): Promise<Execution>;
   /** The backoff before the next attempt. */
@@ -83,30 +97,47 @@ export interface RetryLoop {
 
 /**
  * A command through its retries (CONTRACT §6): attempts with backoff until one ends in a
- * result or the budget is spent, then settled through the ticket. Deliveries that ended
- * without an outcome (a crash, a lost broker) count against the budget.
+ * result or the budget is spent, then settled through the ticket. Only this run's
+ * attempts count: deaths of earlier runs while running it are counted in its journal
+ * record, by the machine. The ticket is read afresh at every step: a redelivery of the
+ * command may have joined it (see `JoinableTicket`).
  */
 export async function retryInPlace(ticket: CommandTicket, loop: RetryLoop): Promise<'settled' | 'abandoned'> {
   const { policy } = loop;
   const startedAt = loop.now();
-  let attempts = ticket.priorAttempts;
-  let error: ErrorInfo = { code: 'INTERNAL', message: `delivered ${attempts} times without an outcome (worker crashed or lost the broker)`, retryable: true };
+  let attempts = 0;
+  let error: ErrorInfo = { code: 'INTERNAL', message: 'not attempted', retryable: true };
   let last: Attempt | undefined;
+  const giveUp = (why: ErrorInfo): Promise<'settled' | 'abandoned'> =>
+    settle(ticket, { kind: 'exhausted', error: why, ...(last ? { attempt: last } : {}), attempts, startedAt, finishedAt: loop.now() }, loop.onSettleError);
   while (attempts <= policy.limit) {
-    if (!ticket.live() || !(await loop.ready())) return 'abandoned';
+    if (!ticket.live()) return 'abandoned';
+    const ready = await loop.ready(ticket.settleBy);
+    if (ready === 'abandon' || !ticket.live()) return 'abandoned';
+    if (ready === 'expired') return giveUp(heldTooLong(attempts === 0 ? null : error));
     const e = await loop.attempt(startedAt);
-    if (e.kind === 'result') return settle(ticket, { ...e, startedAt }, loop.onSettleError);
-    error = e.error;
+    // A delivery that died meanwhile is not settled: the journal answers its redelivery.
+    if (!ticket.live()) return 'abandoned';
+    if (e.kind === 'result') return settle(ticket, e.replayed ? e : { ...e, startedAt }, loop.onSettleError);
     last = e.attempt ?? last;
+    if (e.kind === 'poisoned') return giveUp(e.error);
+    error = e.error;
     attempts += 1;
     if (attempts > policy.limit) break;
-    if (!ticket.live()) return 'abandoned';
     const delayMs = backoffDelay(policy, attempts);
+    // a backoff that would end past the settle-by time cannot lead anywhere: give up now
+    if (ticket.settleBy !== undefined && loop.now().getTime() + delayMs >= ticket.settleBy) return giveUp(heldTooLong(error));
     loop.onRetry?.(attempts, error, delayMs);
     await loop.sleep(delayMs);
   }
   if (!ticket.live()) return 'abandoned';
-  return settle(ticket, { kind: 'exhausted', error, ...(last ? { attempt: last } : {}), attempts, startedAt, finishedAt: loop.now() }, loop.onSettleError);
+  return giveUp(error);
+}
+
+/** The error of a command given up because it could not be settled in time; `last` null: never attempted. */
+function heldTooLong(last: ErrorInfo | null): ErrorInfo {
+  const why = last === null ? 'its drive stayed held by a call that has not returned' : `last error: ${last.message}`;
+  return { code: 'TIMEOUT', message: `not done within the longest a delivery may be held (CDROM_MAX_HOLD_MS); ${why}`, retryable: true };
 }
 
 /** Backoff sleeps that a drain ends early. */
@@ -148,7 +179,7 @@ export function inPlace(inner: AttemptExecutor, policy: RetryPolicy, onRetry?: (
       const loop: RetryLoop = {
         policy,
         now: () => new Date(),
-        ready: () => Promise.resolve(!closed),
+        ready: () => Promise.resolve(closed ? 'abandon' : 'go'),
         attempt: () => inner.execute(command),
         sleep: (ms) => backoffs.sleep(ms),
         ...(onRetry ? { onRetry: () => onRetry() } : {}),

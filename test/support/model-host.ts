@@ -69,6 +69,8 @@ export class ModelHost {
       } else if (exec.kind === 'retry') {
         this.retries++;
         expect(exec.error.retryable).toBe(true);
+      } else if (exec.kind === 'poisoned') {
+        throw new Error(`${command.commandId} given up as poison: ${exec.error.message}`);
       } else {
         return exec.result;
       }

@@ -111,6 +111,30 @@ describe('command journal', () => {
     expect(j.find('sdc', `c${39 - JOURNAL_DEPTH}`)).toBeUndefined();
   });
 
+  it('never evicts a pinned record (a command the broker may still redeliver), whatever the depth', () => {
+    let j = Journal.parse(null);
+    const unacked = new Set(['c0', 'c1', 'c2', 'c5']);
+    for (let i = 0; i < 30; i++) j = j.withDone({ commandId: `c${i}`, drive: 'sdc', result, startedAt: 't' }, (id) => unacked.has(id));
+    for (const id of unacked) expect(j.find('sdc', id), id).toBeDefined();
+    expect(j.size).toBe(JOURNAL_DEPTH + unacked.size);
+    expect(j.find('sdc', 'c29')).toBeDefined();
+    expect(j.find('sdc', 'c3')).toBeUndefined();
+    // once acked, they go with the next write
+    j = Journal.parse(j.toXml()).withDone({ commandId: 'c30', drive: 'sdc', result, startedAt: 't' });
+    expect(j.size).toBe(JOURNAL_DEPTH);
+    expect(j.find('sdc', 'c0')).toBeUndefined();
+  });
+
+  it('forgets a pending record on request, keeping the rest', () => {
+    let j = Journal.parse(null).withDone({ commandId: 'a', drive: 'sdc', result, startedAt: 't' });
+    j = j.withPending({ commandId: 'b', drive: 'sdc', action: 'load', previous: null, requested: ISO_A, startedAt: 't', run: 'r1', deaths: 2 });
+    expect(Journal.parse(j.toXml()).find('sdc', 'b')).toMatchObject({ status: 'pending', run: 'r1', deaths: 2 });
+    expect(j.withoutPending('sdc', 'a')).toBe(j);
+    const k = Journal.parse(j.withoutPending('sdc', 'B').toXml());
+    expect(k.find('sdc', 'b')).toBeUndefined();
+    expect(k.find('sdc', 'a')?.status).toBe('done');
+  });
+
   it('survives a damaged document', () => {
     expect(Journal.parse('<cdrom:journal xmlns:cdrom="x"><cdrom:command id="a">bm90IGpzb24</cdrom:command></cdrom:journal>').size).toBe(0);
   });

@@ -51,7 +51,6 @@ function host(opts: { stepTimeoutMs?: number; concurrency?: number; retry?: type
   const submit = (vmId: string, media: ChangeCdCommand['media'], ticket: Partial<CommandTicket> = {}) => {
     const command: ChangeCdCommand = { type: 'changeCD', version: 1, commandId: randomUUID(), vmId, drive: 'sdc', media };
     const done = registry.submit(command, {
-      priorAttempts: 0,
       live: () => true,
       settle: (final) => {
         settled.push({ commandId: command.commandId, vmId, final });
@@ -158,7 +157,7 @@ describe('registry: retries in place', () => {
     expect(first?.kind === 'result' && [first.result.outcome, first.result.error?.code, first.result.warnings.length]).toEqual(['failed', 'CHANGE_FAILED', 0]);
     // the same command again: answered from the record, the drive is not touched
     const calls = h.hv.calls.updateDevice;
-    const again = h.registry.submit(load.command, { priorAttempts: 0, live: () => true, settle: (final) => ((h.settled.push({ commandId: load.command.commandId, vmId, final }), Promise.resolve())) });
+    const again = h.registry.submit(load.command, { live: () => true, settle: (final) => ((h.settled.push({ commandId: load.command.commandId, vmId, final }), Promise.resolve())) });
     await again;
     const repeat = h.settled[1]?.final;
     expect(repeat?.kind === 'result' && [repeat.replayed, repeat.result.outcome, repeat.result.error?.code]).toEqual([true, 'failed', 'CHANGE_FAILED']);

@@ -10,11 +10,15 @@ import { escapeXml, unescapeXml } from './xml-tree.js';
  * first outcome instead of changing the drive again.
  *
  * - `pending`: written before the flow's first change; says what the command set out to
- *   do, so a redelivery after a crash reports the same action and previous media.
- * - `done`: written before the flow's final metadata write; holds the result.
+ *   do, so a redelivery after a crash reports the same action and previous media. It also
+ *   names the worker run that wrote it: a later run that finds it knows that run died (or
+ *   stopped) while running the command, which is how poison messages are counted
+ *   (CONTRACT §9) without blaming the commands that merely were in flight beside it.
+ * - `done`: written before the flow's final metadata write; holds the result and the
+ *   times of the first event, so a repeat is answered with an identical one.
  */
 
-/** Done records kept per drive; the contract asks for at least 8. */
+/** Done records kept per drive (beyond those still pinned); the contract asks for at least 8. */
 export const JOURNAL_DEPTH = 10;
 
 export interface PendingRecord {
@@ -25,6 +29,10 @@ export interface PendingRecord {
   readonly previous: Media | null;
   readonly requested: Media | null;
   readonly startedAt: string;
+  /** the worker run (process) that last started executing it */
+  readonly run?: string;
+  /** earlier runs that ended while it was pending: each died, or stopped, while running it */
+  readonly deaths?: number;
 }
 
 export interface DoneRecord {
@@ -33,6 +41,8 @@ export interface DoneRecord {
   readonly drive: string;
   readonly result: ChangeResult;
   readonly startedAt: string;
+  /** when the result was recorded: the `finishedAt` of every event for this command */
+  readonly finishedAt?: string;
 }
 
 export type JournalRecord = PendingRecord | DoneRecord;
@@ -122,13 +132,26 @@ export class Journal {
     return new Journal([...rest, entryOf({ status: 'pending', ...rec })]);
   }
 
-  /** Replaces the command's pending record; the drive keeps its last JOURNAL_DEPTH done ones. */
-  withDone(rec: Omit<DoneRecord, 'status'>): Journal {
+  /**
+   * Replaces the command's pending record; the drive keeps its last JOURNAL_DEPTH done
+   * ones, and beyond them every record `pinned` names (lower-case commandIds): those of
+   * commands the broker may still redeliver, whose repeat must be answered from here
+   * however many commands of the drive finished since.
+   */
+  withDone(rec: Omit<DoneRecord, 'status'>, pinned?: (commandId: string) => boolean): Journal {
     const id = rec.commandId.toLowerCase();
     const rest = this.entries.filter((e) => !(e.drive === rec.drive && e.id === id));
     const mine = rest.filter((e) => e.drive === rec.drive && e.status === 'done');
-    const drop = new Set(mine.slice(0, Math.max(0, mine.length - (JOURNAL_DEPTH - 1))));
+    const older = mine.slice(0, Math.max(0, mine.length - (JOURNAL_DEPTH - 1)));
+    const drop = new Set(older.filter((e) => pinned?.(e.id) !== true));
     return new Journal([...rest.filter((e) => !drop.has(e)), entryOf({ status: 'done', ...rec })]);
+  }
+
+  /** Forgets the command's pending record (a poison message given up: a replay starts afresh). */
+  withoutPending(drive: string, commandId: string): Journal {
+    const id = commandId.toLowerCase();
+    const rest = this.entries.filter((e) => !(e.drive === drive && e.id === id && e.status === 'pending'));
+    return rest.length === this.entries.length ? this : new Journal(rest);
   }
 
   get size(): number {
