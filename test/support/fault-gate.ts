@@ -63,15 +63,19 @@ export class ProcessGate {
   /** Resolves when this process has crashed. */
   readonly crashed = new Promise<void>((resolve) => (this.onCrash = resolve));
 
-  constructor(private readonly plan: FaultPlan) {}
+  /** `crashOnPrepare`: the process dies right after preparing such a volume (a poison message). */
+  constructor(
+    private readonly plan: FaultPlan,
+    private readonly crashOnPrepare?: (media: Media) => boolean,
+  ) {}
 
   get isDead(): boolean {
     return this.dead;
   }
 
-  async pass<T>(what: string, call: () => Promise<T>): Promise<T> {
+  async pass<T>(what: string, call: () => Promise<T>, crashAfter = false): Promise<T> {
     if (this.dead) return never();
-    const fault = this.plan.next();
+    const fault: PlannedFault | undefined = crashAfter ? { at: this.plan.calls, kind: 'crash' } : this.plan.next();
     if (fault === undefined) return call();
     const lost = (): CdromError => new CdromError(fault.code ?? 'INTERNAL', `${what}: connection lost (planned fault at call ${fault.at})`, { retryable: true });
     switch (fault.kind) {
@@ -102,7 +106,7 @@ export class ProcessGate {
 
   storage(inner: StoragePort): StoragePort {
     return {
-      prepareVolume: (media: Media) => this.pass('prepareVolume', () => inner.prepareVolume(media)),
+      prepareVolume: (media: Media) => this.pass('prepareVolume', () => inner.prepareVolume(media), this.crashOnPrepare?.(media) === true),
       teardownVolume: (media: Media) => this.pass('teardownVolume', () => inner.teardownVolume(media)),
       volumeActivation: (media: Media) => this.pass('volumeActivation', () => inner.volumeActivation(media)),
       listActiveVolumes: () => this.pass('listActiveVolumes', () => inner.listActiveVolumes()),
