@@ -58,6 +58,8 @@ export interface Config extends BusConfig {
   readonly prefetch: number;
   /** the longest a delivery is held before it is settled one way or another; below the broker's consumer_timeout */
   readonly maxHoldMs: number;
+  /** how often a standby worker tries to take over the host */
+  readonly standbyPollMs: number;
   readonly httpPort: number;
   readonly logLevel: LogLevel;
   /** CDROM_FAILPOINT's items, in order (empty unless CDROM_ENABLE_FAILPOINTS=1) */
@@ -215,6 +217,7 @@ export function loadConfig(env: Env = process.env): Config {
     prefetch,
     // RabbitMQ's default consumer_timeout is 30 min: stay 5 min below it.
     maxHoldMs: int(env, 'CDROM_MAX_HOLD_MS', 25 * 60_000, 1000, 86_400_000),
+    standbyPollMs: int(env, 'CDROM_STANDBY_POLL_MS', 2000, 50, 60_000),
     httpPort: int(env, 'CDROM_HTTP_PORT', 9464, 0, 65_535),
     logLevel: level as LogLevel,
     failpoints,

@@ -163,6 +163,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     hostId: config.hostId,
     prefetch: config.prefetch,
     maxHoldMs: config.maxHoldMs,
+    standbyPollMs: config.standbyPollMs,
     declareTopology: config.declareTopology,
     executor,
     retry: config.retry,

@@ -4,7 +4,11 @@ export const ERROR_CODE_HEADER = 'x-cdrom-error-code';
 export const ERROR_MESSAGE_HEADER = 'x-cdrom-error-message';
 export const REPLAYED_HEADER = 'x-cdrom-replayed';
 
-/** Headers the broker adds on delivery; they are not part of what the sender sent. */
+/**
+ * Headers the broker adds on delivery or when it dead-letters (the backstop policy);
+ * they are not part of what the sender sent. The worker no longer reads the delivery
+ * count: it counts crashes in its journal, per command (CONTRACT §9).
+ */
 const BROKER_HEADERS = ['x-delivery-count'];
 
 /** amqplib types property values as `any`; these narrow them once, at the edge. */
@@ -14,13 +18,6 @@ const optNumber = (v: unknown): number | undefined => (typeof v === 'number' && 
 export function headersOf(props: MessageProperties): Record<string, unknown> {
   const h: unknown = props.headers;
   return typeof h === 'object' && h !== null ? { ...(h as Record<string, unknown>) } : {};
-}
-
-/** How many times the broker delivered this message before (quorum queues count it). */
-export function previousDeliveries(msg: Message): number {
-  const n = optNumber(headersOf(msg.properties)['x-delivery-count']);
-  if (n !== undefined) return n;
-  return msg.fields.redelivered ? 1 : 0;
 }
 
 /**
