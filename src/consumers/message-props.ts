@@ -1,4 +1,4 @@
-import type { Message, MessageProperties, Options } from 'amqplib';
+import type { MessageProperties, Options } from 'amqplib';
 
 export const ERROR_CODE_HEADER = 'x-cdrom-error-code';
 export const ERROR_MESSAGE_HEADER = 'x-cdrom-error-message';
