@@ -16,7 +16,7 @@ export const lockQueue = (hostId: string): string => `cdrom.lock.${hostId}`;
  * `exclusive` is not enforced on quorum queues (a second exclusive consumer is accepted),
  * and single-active-consumer gives a waiting consumer no signal that it is waiting, so
  * a standby could not say so (`/readyz`), and it needs a queue argument that an existing
- * quorum queue cannot be given (see docs/operations.md).
+ * quorum queue cannot be given (see docs/bus-faults.md).
  */
 export class HostLock {
   private stopped = false;

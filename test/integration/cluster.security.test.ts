@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { connect, type Channel, type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config.js';
+import { lockQueue } from '../../src/consumers/host-lock.js';
 import { COMMANDS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, deadQueue, ensureTopology } from '../../src/consumers/topology.js';
 import { silentLogger } from '../../src/infra/logging.js';
 import { startWorker } from '../../src/main.js';
@@ -83,8 +84,11 @@ describe('per-host broker users', () => {
     await expect((await channel(a)).purgeQueue(commandsQueue(hostB))).rejects.toThrow(/403 \(ACCESS-REFUSED\)/);
     await expect((await channel(a)).bindQueue(commandsQueue(hostB), COMMANDS_EXCHANGE, hostA)).rejects.toThrow(/403 \(ACCESS-REFUSED\)/);
     await expect((await channel(a)).get(deadQueue(hostB))).rejects.toThrow(/403 \(ACCESS-REFUSED\)/);
-    // Nor declare anything, not even what exists: configure is ^$.
+    // Nor declare anything, not even what exists: configure covers only its host lock.
     await expect((await channel(a)).assertQueue(commandsQueue(hostA), { durable: true, arguments: { 'x-queue-type': 'quorum' } })).rejects.toThrow(/403 \(ACCESS-REFUSED\)/);
+    // Not host B's lock either: a compromised host cannot keep B's worker in standby.
+    await expect((await channel(a)).assertQueue(lockQueue(hostB), { exclusive: true, durable: false })).rejects.toThrow(/403 \(ACCESS-REFUSED\)/);
+    await (await channel(a)).assertQueue(lockQueue(hostA), { exclusive: true, durable: false });
     // Its own queue it can read, and check without any configure permission.
     expect((await (await channel(a)).checkQueue(commandsQueue(hostA))).queue).toBe(commandsQueue(hostA));
   });
