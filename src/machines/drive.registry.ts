@@ -179,6 +179,8 @@ export class DriveRegistry implements CommandExecutor {
    * reconciled before its next command anyway), so a background pass never waits on it.
    */
   recover(vmId: string, drive: string, opts: { skipIfHeld?: boolean } = {}): Promise<Settlement> {
+    // A pass still under way when the drain began queues nothing more.
+    if (this.closed) return Promise.resolve({ kind: 'recovered', report: null, error: { code: 'INTERNAL', message: 'worker is shutting down', retryable: true } });
     const slot = this.slots.get(driveKey(vmId, drive));
     if (opts.skipIfHeld === true && slot?.actor != null && this.steps.busy(slot.actor)) {
       return Promise.resolve({ kind: 'recovered', report: null, error: { code: 'TIMEOUT', message: `${vmId}/${drive} is held by a call that has not returned; skipped`, retryable: true } });

@@ -283,6 +283,9 @@ describe('shutdown and the longest hold', () => {
     expect(await running).toBe('settled');
     expect(finals.map((f) => f.commandId)).toEqual([load.commandId]);
     expect(w.hv.calls.updateDevice).toBe(1);
+    // a reconciliation pass still under way queues nothing more
+    const late = await registry.recover(vmId, 'sdc');
+    expect(late.kind === 'recovered' && late.error?.message).toBe('worker is shutting down');
   });
 
   it('a drain during a backoff abandons the command without another attempt', async () => {
