@@ -154,9 +154,30 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       }
     },
   });
-  // Whether this worker consumes or waits as another worker's standby, once known.
+  // Whether this worker consumes or waits as another worker's standby, once known; a
+  // first recovery that fails fails the start.
   let resolveRole!: (r: 'active' | 'standby') => void;
-  const role = { known: new Promise<'active' | 'standby'>((r) => (resolveRole = r)), resolve: (r: 'active' | 'standby') => resolveRole(r) };
+  let rejectRole!: (err: unknown) => void;
+  const role = new Promise<'active' | 'standby'>((resolve, reject) => ((resolveRole = resolve), (rejectRole = reject)));
+  // Recovery runs when this worker becomes the host's active one: at its first start, and
+  // again after it was a standby (the other worker may have died mid-change). A standby
+  // recovers nothing: the active worker may be in the middle of those changes.
+  let mustRecover = true;
+  const activate = async (): Promise<void> => {
+    if (!mustRecover) return;
+    try {
+      if (parts.recover) {
+        const t0 = Date.now();
+        await parts.recover();
+        log.info({ durationMs: Date.now() - t0 }, 'startup recovery finished');
+      }
+    } catch (err) {
+      rejectRole(err);
+      throw err;
+    }
+    mustRecover = false;
+    recovered = true;
+  };
   const executor = isCommandExecutor(parts.executor) ? parts.executor : inPlace(parts.executor, config.retry, () => metrics.retries.inc());
   const consumer = new CommandConsumer({
     bus,
@@ -171,9 +192,15 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     failpoints,
     metrics,
     unacked,
-    onStandby: () => role.resolve('standby'),
+    activate,
+    onStandby: () => {
+      parts.quiesce?.();
+      mustRecover = true;
+      recovered = false;
+      resolveRole('standby');
+    },
     onAttached: () => {
-      role.resolve('active');
+      resolveRole('active');
       attached = true;
       updateReady();
     },
@@ -202,16 +229,11 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     })());
 
   try {
-    // Recovery first: a command must never meet a drive whose last change is half done.
-    if (parts.recover) {
-      const t0 = Date.now();
-      await parts.recover();
-      log.info({ durationMs: Date.now() - t0 }, 'startup recovery finished');
-    }
-    recovered = true;
+    // Recovery first (in `activate`, once this worker holds the host): a command must
+    // never meet a drive whose last change is half done.
     consumer.attach();
     await bus.start();
-    if ((await role.known) === 'standby') log.info({ httpPort: http?.port ?? null }, 'worker started as the standby of another worker for this host');
+    if ((await role) === 'standby') log.info({ httpPort: http?.port ?? null }, 'worker started as the standby of another worker for this host');
   } catch (err) {
     await stop('startup failed');
     throw err;

@@ -31,6 +31,8 @@ export interface CommandConsumerDeps {
   readonly unacked?: UnackedCommands;
   /** Called after every (re)attach of the consumer. */
   readonly onAttached?: () => void;
+  /** Runs once this worker holds the host, before it consumes (startup recovery); a failure drops the connection. */
+  readonly activate?: () => Promise<void>;
   /** Called when this worker waits as the standby of another one for the same host. */
   readonly onStandby?: () => void;
   /** How often a standby tries to take over; default 2 s. */
@@ -78,6 +80,8 @@ export class CommandConsumer {
         .acquire(session, () => this.stopping, () => this.deps.onStandby?.())
         .then(async (held) => {
           if (!held || this.stopping || !session.alive) return;
+          await this.deps.activate?.();
+          if (this.stopping || !session.alive) return;
           await ch.prefetch(this.deps.prefetch);
           const { consumerTag } = await ch.consume(commandsQueue(this.deps.hostId), (msg) => this.onMessage(session, ch, msg), { noAck: false });
           this.consumer = { channel: ch, tag: consumerTag, session };

@@ -95,6 +95,7 @@ export class Reconciler {
    * hypervisor a pass for every domain (events were missed); a timer retries.
    */
   start(): void {
+    if (this.unsubscribe !== null || this.timer !== null) return;
     this.unsubscribe =
       this.opts.hypervisor.onEvent?.((e) => {
         if (e.kind === 'lifecycle' && (e.event === 'started' || e.event === 'resumed')) {

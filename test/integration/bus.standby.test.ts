@@ -19,10 +19,15 @@ let ch: ConfirmChannel;
 let tap: EventTap;
 const workers: WorkerHandle[] = [];
 
+/** Startup recoveries each worker ran (a standby must run none: the active one may be mid-change). */
+const recoveries = new Map<FakeExecutor, number>();
+
 async function start(executor: FakeExecutor): Promise<WorkerHandle> {
   const config = loadConfig({ CDROM_HOST_ID: hostId, CDROM_AMQP_URL: AMQP_URL, CDROM_HTTP_PORT: '0', CDROM_DRAIN_TIMEOUT_MS: '2000', CDROM_STANDBY_POLL_MS: '200' });
   const logger = process.env['TEST_LOG'] ? createLogger({ level: 'debug' }) : silentLogger();
-  const w = await startWorker({ config, logger, createParts: () => Promise.resolve({ executor }) });
+  recoveries.set(executor, 0);
+  const recover = (): Promise<void> => (recoveries.set(executor, (recoveries.get(executor) ?? 0) + 1), Promise.resolve());
+  const w = await startWorker({ config, logger, createParts: () => Promise.resolve({ executor, recover }) });
   workers.push(w);
   return w;
 }
@@ -57,6 +62,7 @@ describe('one active worker per host', () => {
     const b = await start(second);
     expect([a.health.ready, b.health.ready]).toEqual([true, false]);
     expect(await consumers()).toBe(1);
+    expect([recoveries.get(first), recoveries.get(second)]).toEqual([1, 0]);
     for (let i = 0; i < 5; i++) await publish(ch, hostId, command());
     await tap.count(5);
     expect([first.calls.length, second.calls.length]).toEqual([5, 0]);
@@ -66,6 +72,7 @@ describe('one active worker per host', () => {
     await waitFor(() => b.health.ready, 10_000, 'the standby to take over');
     const takeoverMs = Date.now() - t0;
     expect(takeoverMs).toBeLessThan(10_000);
+    expect(recoveries.get(second), 'the new active worker recovers before it consumes').toBe(1);
     expect(await consumers()).toBe(1);
     const cmd = command();
     await publish(ch, hostId, cmd);
