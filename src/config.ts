@@ -77,6 +77,11 @@ export interface Config extends BusConfig {
    * another is in the middle of.
    */
   readonly domainFilter: RegExp | null;
+  /**
+   * Broker users allowed to send commands (CONTRACT.md section 3, v1.1): a command whose
+   * AMQP user_id is missing or not listed is rejected UNAUTHORIZED_SENDER. null: no check.
+   */
+  readonly trustedSenders: readonly string[] | null;
 }
 
 function str(env: Env, name: string): string | undefined {
@@ -226,7 +231,28 @@ export function loadConfig(env: Env = process.env): Config {
     drainTimeoutMs: int(env, 'CDROM_DRAIN_TIMEOUT_MS', 30_000, 0, 3_600_000),
     reconcileIntervalMs: int(env, 'CDROM_RECONCILE_INTERVAL_MS', 60_000, 0, 86_400_000),
     domainFilter: regex(env, 'CDROM_DOMAIN_FILTER'),
+    trustedSenders: trustedSenders(env),
   });
+}
+
+/**
+ * CDROM_TRUSTED_SENDERS: comma-separated broker user names, spaces around the commas
+ * allowed. Unset means no check. Set but empty is refused rather than read as "unset":
+ * for a security setting, a value that got lost on the way (`VAR=` in an env file) must
+ * not quietly turn the check off.
+ */
+function trustedSenders(env: Env): readonly string[] | null {
+  const name = 'CDROM_TRUSTED_SENDERS';
+  const raw = env[name];
+  if (raw === undefined) return null;
+  if (raw.trim() === '') throw new ConfigError(name, 'is set but names no user; unset it to accept commands from any sender');
+  const names = raw.split(',').map((s) => s.trim());
+  for (const [i, n] of names.entries()) {
+    if (n === '') throw new ConfigError(name, `entry ${i + 1} is empty`);
+    // A user name with whitespace inside is far more likely a missing comma than a real user.
+    if (/\s/.test(n)) throw new ConfigError(name, `entry ${i + 1} (${JSON.stringify(n)}) contains whitespace; separate names with commas`);
+  }
+  return Object.freeze([...new Set(names)]);
 }
 
 function regex(env: Env, name: string): RegExp | null {

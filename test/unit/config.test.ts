@@ -92,6 +92,28 @@ describe('loadConfig', () => {
     expect(err.message).not.toMatch(/s3cret/);
   });
 
+  it('reads CDROM_TRUSTED_SENDERS: unset is no check; names are trimmed around commas and deduplicated', () => {
+    expect(loadConfig({ CDROM_HOST_ID: 'h' }).trustedSenders).toBeNull();
+    const c = loadConfig({ CDROM_HOST_ID: 'h', CDROM_TRUSTED_SENDERS: ' engine , ops,engine,cdrom-h@x' });
+    expect(c.trustedSenders).toEqual(['engine', 'ops', 'cdrom-h@x']);
+    expect(Object.isFrozen(c.trustedSenders)).toBe(true);
+  });
+
+  it.each([
+    ['', /names no user/],
+    ['   ', /names no user/],
+    ['engine,,ops', /entry 2 is empty/],
+    ['engine,', /entry 2 is empty/],
+    ['engine ops', /entry 1 \("engine ops"\) contains whitespace/],
+    ['engine,o\tps', /entry 2 .* contains whitespace/],
+  ])('refuses CDROM_TRUSTED_SENDERS=%j', (value, problem) => {
+    const err = configError({ CDROM_HOST_ID: 'h', CDROM_TRUSTED_SENDERS: value });
+    expect(err.variable).toBe('CDROM_TRUSTED_SENDERS');
+    expect(err.message).toMatch(/^CDROM_TRUSTED_SENDERS: /);
+    expect(err.message).toMatch(problem);
+    expect(err.message).not.toMatch(/\n/);
+  });
+
   it('reads the TLS files', () => {
     const dir = mkdtempSync(join(tmpdir(), 'cdrom-cfg-'));
     try {
@@ -132,6 +154,7 @@ describe('every CONTRACT section 1 variable has its invalid form refused', () =>
     [{ CDROM_STEP_TIMEOUT_MS: '0' }, 'CDROM_STEP_TIMEOUT_MS'],
     [{ CDROM_DRAIN_TIMEOUT_MS: '1e3' }, 'CDROM_DRAIN_TIMEOUT_MS'],
     [{ CDROM_RECONCILE_INTERVAL_MS: '-5' }, 'CDROM_RECONCILE_INTERVAL_MS'],
+    [{ CDROM_TRUSTED_SENDERS: 'a,,b' }, 'CDROM_TRUSTED_SENDERS'],
   ])('%j → %s', (env, variable) => {
     const err = configError({ CDROM_HOST_ID: 'h', ...env });
     expect(err.variable).toBe(variable);
@@ -169,6 +192,16 @@ describe('cdrom-worker run with invalid configuration', () => {
     expect(stdout).toBe('');
     expect(stderr.trim().split('\n')).toHaveLength(1);
     expect(stderr).toMatch(/CDROM_CONCURRENCY: must be an integer/);
+  });
+
+  it('refuses an empty CDROM_TRUSTED_SENDERS with one line and exit 2', async () => {
+    const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const env = { ...process.env, CDROM_HOST_ID: 'h', CDROM_TRUSTED_SENDERS: 'engine, ', CDROM_AMQP_URL: 'amqp://10.255.255.1:1' };
+      const child = execFile(process.execPath, ['--import', 'tsx', CLI, 'run'], { env, timeout: 20_000 }, (_err, _out, err) => resolve({ code: child.exitCode, stderr: err }));
+    });
+    expect(code).toBe(2);
+    expect(stderr.trim().split('\n')).toHaveLength(1);
+    expect(stderr.trim()).toMatch(/: CDROM_TRUSTED_SENDERS: entry 2 is empty$/);
   });
 
   it.each([
