@@ -53,7 +53,7 @@ export function rejectedEvent(hostId: string, rejection: Rejection, at: Date): R
     previous: null,
     current: null,
     warnings: [],
-    error: { code: 'INVALID_COMMAND', message: rejection.message, retryable: false },
+    error: { code: rejection.code, message: rejection.message, retryable: false },
   };
 }
 

@@ -14,7 +14,8 @@ export interface ReadableIds {
 }
 
 export interface Rejection {
-  readonly code: 'INVALID_COMMAND';
+  /** INVALID_COMMAND: the body; UNAUTHORIZED_SENDER: who sent it (src/consumers/sender.ts) */
+  readonly code: 'INVALID_COMMAND' | 'UNAUTHORIZED_SENDER';
   /** JSON pointer of the offending field ('' for the whole body) */
   readonly field: string;
   readonly message: string;

@@ -10,6 +10,8 @@ export const ERROR_CODES = [
   'TEARDOWN_FAILED',
   'TIMEOUT',
   'INTERNAL',
+  // v1.1, on `rejected` only: the command's AMQP user_id is missing or not in CDROM_TRUSTED_SENDERS
+  'UNAUTHORIZED_SENDER',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
