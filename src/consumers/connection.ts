@@ -2,6 +2,7 @@ import { Duplex } from 'node:stream';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
 import type { TlsFiles } from '../config.js';
 import { redactUrl, type Logger } from '../infra/logging.js';
+import { asUser, brokerUser } from './broker-user.js';
 
 /**
  * One AMQP connection that comes back by itself.
@@ -38,6 +39,11 @@ export interface BusSession {
   /** Confirm channel shared by every publisher of this session. */
   readonly publisher: ConfirmChannel;
   readonly url: string;
+  /**
+   * The broker user this session logged in as (from `url`; each URL of the list may name
+   * its own), set as user_id on everything the worker publishes; undefined: unknown, unset.
+   */
+  readonly user: string | undefined;
   /** Every channel of the session, closed one by one on a graceful close. */
   readonly channels: readonly Channel[];
   alive: boolean;
@@ -107,13 +113,16 @@ export class Bus {
    * Publish and wait for the broker's confirm. A nack or a lost channel never retries on
    * the same channel: the connection is dropped and the message republished on the next
    * one. Resolves once confirmed; rejects only when the bus is closed.
+   *
+   * user_id is set to the session's own user on every attempt (whatever `options` says):
+   * a republish may go to another node of the list, logged in as another user.
    */
   async publish(exchange: string, routingKey: string, content: Buffer, options: Options.Publish): Promise<void> {
     for (;;) {
       const session = await this.ready();
       try {
         await new Promise<void>((resolve, reject) => {
-          session.publisher.publish(exchange, routingKey, content, options, (err: unknown) => (err ? reject(toError(err)) : resolve()));
+          session.publisher.publish(exchange, routingKey, content, asUser(options, session.user), (err: unknown) => (err ? reject(toError(err)) : resolve()));
         });
         return;
       } catch (err) {
@@ -274,6 +283,7 @@ export class Bus {
       model,
       publisher,
       url,
+      user: brokerUser(url),
       channels,
       alive: true,
       openChannel: async () => track(await model.createChannel()),

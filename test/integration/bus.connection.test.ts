@@ -48,6 +48,20 @@ describe('Bus', () => {
     expect(confirmed).toBe(true);
   });
 
+  it("publishes as the session's own broker user: user_id stamped over whatever the options carried", async () => {
+    const { model, ch } = await openTestConnection();
+    cleanups.push(() => model.close());
+    const { queue } = await ch.assertQueue('', { exclusive: true });
+    const b = bus([AMQP_URL]);
+    const session = await b.start();
+    expect(session.user).toBe('guest');
+    // A foreign user_id would close the confirm channel (406) and, with it, the session.
+    await b.publish('', queue, Buffer.from('x'), { userId: 'engine', messageId: 'm-1' });
+    const got = await ch.get(queue, { noAck: true });
+    expect(got && got.properties).toMatchObject({ userId: 'guest', messageId: 'm-1' });
+    expect(b.connected).toBe(true);
+  });
+
   it('declares queues with a fixed argument set, so a restart with other settings still starts', async () => {
     const hostId = uniqueHost();
     cleanups.push(() => deleteHostQueues(hostId));
