@@ -61,7 +61,7 @@ export class CommandConsumer {
 
   constructor(private readonly deps: CommandConsumerDeps) {
     this.log = deps.logger.child({ component: 'commands-consumer' });
-    this.events = new EventPublisher(deps.bus, deps.hostId);
+    this.events = new EventPublisher(deps.bus, deps.hostId, { logger: deps.logger, metrics: deps.metrics });
     this.failpoints = deps.failpoints ?? NO_FAILPOINTS;
     this.lock = new HostLock(deps.hostId, this.log, deps.standbyPollMs ?? 2000);
   }

@@ -49,6 +49,14 @@ export interface BusSession {
   alive: boolean;
   /** A channel that is closed with the session; its unexpected close ends the session. */
   openChannel(): Promise<Channel>;
+  /**
+   * A confirm channel for best-effort publishes (the reply_to copy, CONTRACT.md section 3)
+   * whose close by the broker does *not* end the session: a copy the broker refuses (403
+   * on the default exchange) must not cost the commands in flight their connection. Closed
+   * with the session on a graceful close (so its confirms are flushed); reopening it after
+   * a broker close is the caller's business.
+   */
+  openSideChannel(): Promise<ConfirmChannel>;
 }
 
 export type SetupHook = (session: BusSession) => Promise<void>;
@@ -156,7 +164,8 @@ export class Bus {
       // Channels first, each with its round trip: on RabbitMQ 3.10 quorum queues an ack
       // followed at once by connection.close is lost (measured: the message comes back),
       // which would replay every command drained during shutdown.
-      for (const ch of s.channels) await ch.close().catch(() => undefined);
+      // A copy: a side channel leaves the list as it closes.
+      for (const ch of [...s.channels]) await ch.close().catch(() => undefined);
       await s.model.close().catch(() => undefined);
     }
     await this.loop?.catch(() => undefined);
@@ -287,6 +296,18 @@ export class Bus {
       channels,
       alive: true,
       openChannel: async () => track(await model.createChannel()),
+      openSideChannel: async () => {
+        const ch = await model.createConfirmChannel();
+        channels.push(ch);
+        // The owner logs what went wrong with its publishes; without a listener an
+        // 'error' event would be thrown.
+        ch.on('error', (err: Error) => this.log.debug({ err }, 'side channel closed by the broker'));
+        ch.on('close', () => {
+          const i = channels.indexOf(ch);
+          if (i >= 0) channels.splice(i, 1);
+        });
+        return ch;
+      },
     };
     return session;
   }

@@ -4,7 +4,10 @@ import type { ChangeCdCommand, ResultEvent } from '../contracts/schemas.js';
 import type { Rejection } from '../contracts/command.decode.js';
 import type { ErrorInfo } from '../domain/errors.js';
 import type { Attempt, ChangeResult, ResultOutcome } from '../domain/outcome.js';
+import type { Logger } from '../infra/logging.js';
+import type { Metrics } from '../infra/metrics.js';
 import type { Bus } from './connection.js';
+import { ReplyPublisher } from './reply.publisher.js';
 import { EVENTS_EXCHANGE, eventRoutingKey } from './topology.js';
 
 /** Where the sender asked for a copy of the result (AMQP reply_to + correlation_id). */
@@ -81,27 +84,50 @@ export function outcomeOf(event: ResultEvent): ResultOutcome {
   return event.type.slice('changeCD.'.length) as ResultOutcome;
 }
 
+/**
+ * The AMQP properties of an event, for both copies. message_id is the commandId, so a
+ * consumer can recognise a repeat (redelivery, re-send: the same commandId answers with
+ * the same event); an event with no valid commandId (some rejections) gets one of its
+ * own. user_id is not set here: the bus sets the session's user on every attempt.
+ */
+export function eventProperties(event: ResultEvent, reply: ReplyTarget = {}, now: Date = new Date()): Options.Publish {
+  return {
+    persistent: true,
+    contentType: 'application/json',
+    messageId: event.commandId ?? randomUUID(),
+    timestamp: Math.floor(now.getTime() / 1000),
+    type: event.type,
+    appId: 'cdrom-worker',
+    ...(reply.correlationId ? { correlationId: reply.correlationId } : {}),
+  };
+}
+
+export interface EventPublisherOptions {
+  readonly logger: Logger;
+  readonly metrics?: Pick<Metrics, 'replyCopiesFailed'> | undefined;
+}
+
 /** Publishes result events (persistent JSON) with confirms, plus the reply_to copy. */
 export class EventPublisher {
+  private readonly replies: ReplyPublisher;
+
   constructor(
     private readonly bus: Bus,
     private readonly hostId: string,
-  ) {}
+    options: EventPublisherOptions,
+  ) {
+    this.replies = new ReplyPublisher(bus, options.logger, options.metrics);
+  }
 
-  /** Resolves once every copy is confirmed by the broker. */
+  /**
+   * Resolves once the `cdrom.events` copy is confirmed by the broker. The reply_to copy
+   * goes out alongside, best effort: it is neither waited for nor retried
+   * (reply.publisher.ts), so it never delays or fails the ack.
+   */
   async publish(event: ResultEvent, reply: ReplyTarget = {}): Promise<void> {
     const body = Buffer.from(JSON.stringify(event));
-    const props: Options.Publish = {
-      persistent: true,
-      contentType: 'application/json',
-      messageId: randomUUID(),
-      timestamp: Math.floor(Date.now() / 1000),
-      type: event.type,
-      appId: 'cdrom-worker',
-      ...(reply.correlationId ? { correlationId: reply.correlationId } : {}),
-    };
-    const copies = [this.bus.publish(EVENTS_EXCHANGE, eventRoutingKey(this.hostId, outcomeOf(event)), body, props)];
-    if (reply.replyTo) copies.push(this.bus.publish('', reply.replyTo, body, props));
-    await Promise.all(copies);
+    const props = eventProperties(event, reply);
+    if (reply.replyTo) this.replies.send({ replyTo: reply.replyTo, commandId: event.commandId, correlationId: reply.correlationId }, body, props);
+    await this.bus.publish(EVENTS_EXCHANGE, eventRoutingKey(this.hostId, outcomeOf(event)), body, props);
   }
 }

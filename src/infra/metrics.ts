@@ -6,6 +6,8 @@ export interface Metrics {
   /** Commands by final outcome (completed, failed, rejected, dead-lettered) and action. */
   readonly commands: Counter<'outcome' | 'action'>;
   readonly deadLettered: Counter<'reason'>;
+  /** reply_to copies that did not arrive (best effort, never retried), by why. */
+  readonly replyCopiesFailed: Counter<'reason'>;
   readonly retries: Counter;
   readonly inFlight: Gauge;
   readonly brokerConnected: Gauge;
@@ -42,6 +44,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
     deadLettered: new Counter({
       name: 'cdrom_dead_lettered_total',
       help: 'messages sent to cdrom.dead, by reason (rejected, retries-exhausted)',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    replyCopiesFailed: new Counter({
+      name: 'cdrom_reply_copies_failed_total',
+      help: 'reply_to copies of result events that were not delivered, never retried, by reason (refused, unroutable, nacked, lost)',
       labelNames: ['reason'] as const,
       registers: [registry],
     }),
