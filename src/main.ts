@@ -199,6 +199,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       recovered = false;
       resolveRole('standby');
     },
+    trustedSenders: config.trustedSenders,
     onAttached: () => {
       resolveRole('active');
       attached = true;

@@ -11,7 +11,8 @@ import type { CommandExecutor } from '../machines/executor.js';
 import type { Bus, BusSession } from './connection.js';
 import { EventPublisher, exhaustedEvent, rejectedEvent, resultEvent, type ReplyTarget } from './events.publisher.js';
 import { HostLock } from './host-lock.js';
-import { ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, headersOf, optString, republishOptions } from './message-props.js';
+import { deadLetterOptions, optString } from './message-props.js';
+import { senderOf, unauthorizedSender } from './sender.js';
 import { DEAD_EXCHANGE, commandsQueue, ensureTopology } from './topology.js';
 
 export interface CommandConsumerDeps {
@@ -37,6 +38,8 @@ export interface CommandConsumerDeps {
   readonly onStandby?: () => void;
   /** How often a standby tries to take over; default 2 s. */
   readonly standbyPollMs?: number;
+  /** CDROM_TRUSTED_SENDERS: broker users whose commands are run; null or absent: anyone's. */
+  readonly trustedSenders?: readonly string[] | null;
 }
 
 /** `ack`: acknowledge now; `done`: already acknowledged; `leave`: left for redelivery. */
@@ -168,12 +171,16 @@ export class CommandConsumer {
 
   private async handle(session: BusSession, ch: Channel, msg: ConsumeMessage): Promise<Settle> {
     const reply: ReplyTarget = { replyTo: optString(msg.properties.replyTo), correlationId: optString(msg.properties.correlationId) };
-    const decoded = decodeCommand(msg.content);
+    // CONTRACT §3 v1.1: who sent it is checked first, whatever the body says.
+    const decoded = unauthorizedSender(msg, this.deps.trustedSenders ?? null) ?? decodeCommand(msg.content);
     if (!decoded.ok) {
       const { rejection } = decoded;
-      this.log.warn({ commandId: rejection.ids.commandId, vmId: rejection.ids.vmId, drive: rejection.ids.drive, field: rejection.field, reason: rejection.message }, 'command rejected');
+      this.log.warn({ commandId: rejection.ids.commandId, vmId: rejection.ids.vmId, drive: rejection.ids.drive, code: rejection.code, sender: senderOf(msg.properties), field: rejection.field, reason: rejection.message }, 'command rejected');
+      // An untrusted sender's reply_to is not followed: the worker would write, as itself,
+      // into whatever queue it names.
+      const answer = rejection.code === 'UNAUTHORIZED_SENDER' ? { correlationId: reply.correlationId } : reply;
       await Promise.all([
-        this.events.publish(rejectedEvent(this.deps.hostId, rejection, new Date()), reply),
+        this.events.publish(rejectedEvent(this.deps.hostId, rejection, new Date()), answer),
         this.deadLetter(msg, { code: rejection.code, message: rejection.message, retryable: false }),
       ]);
       this.deps.metrics?.commands.inc({ outcome: 'rejected', action: 'none' });
@@ -226,11 +233,8 @@ export class CommandConsumer {
     return outcome === 'settled' ? 'done' : 'leave';
   }
 
-  /** The original message, body and properties unchanged, plus why, to cdrom.dead. */
+  /** The original message, body and properties unchanged, plus why (and who sent it), to cdrom.dead. */
   private deadLetter(msg: ConsumeMessage, error: ErrorInfo): Promise<void> {
-    const headers = headersOf(msg.properties);
-    headers[ERROR_CODE_HEADER] = error.code;
-    headers[ERROR_MESSAGE_HEADER] = error.message.slice(0, 1000);
-    return this.deps.bus.publish(DEAD_EXCHANGE, this.deps.hostId, msg.content, republishOptions(msg.properties, headers));
+    return this.deps.bus.publish(DEAD_EXCHANGE, this.deps.hostId, msg.content, deadLetterOptions(msg.properties, error));
   }
 }

@@ -42,6 +42,19 @@ function readIds(value: unknown): ReadableIds {
 }
 
 /**
+ * The valid ids of a body, deciding nothing else about it: for a command rejected before
+ * its body is decoded (UNAUTHORIZED_SENDER), named as decodeCommand would name them.
+ */
+export function readableIds(body: Buffer): ReadableIds {
+  if (body.length > MAX_COMMAND_BYTES) return NO_IDS;
+  try {
+    return readIds(JSON.parse(body.toString('utf8')));
+  } catch {
+    return NO_IDS;
+  }
+}
+
+/**
  * A raw message body → a typed command, or a rejection whose message names the field.
  * Never throws.
  */
