@@ -10,11 +10,13 @@ interface HostOption {
 
 async function withDlq<T>(o: HostOption, work: (dlq: DeadLetterQueue, hostId: string) => Promise<T>): Promise<T> {
   const bus = busConfigOrExit(o.host);
-  const { connectOnce } = await import('../consumers/connection.js');
+  const { connectFirst } = await import('../consumers/connection.js');
   const { DeadLetterQueue: Dlq } = await import('../consumers/dlq.js');
-  const model = await connectOnce(bus.amqpUrls, bus.tls);
+  const { brokerUser } = await import('../consumers/broker-user.js');
+  const { model, url } = await connectFirst(bus.amqpUrls, bus.tls);
   try {
-    return await work(Dlq.open(model, bus.hostId), bus.hostId);
+    // The operator's own broker user: replays are sent as them (CONTRACT §3 v1.1).
+    return await work(Dlq.open(model, bus.hostId, brokerUser(url)), bus.hostId);
   } finally {
     await model.close().catch(() => undefined);
   }
@@ -25,7 +27,7 @@ function oneLine(s: string | null): string {
 }
 
 function summary(d: DeadLetter): Record<string, unknown> {
-  return { id: d.id, position: d.position, commandId: d.commandId, errorCode: d.errorCode, errorMessage: d.errorMessage, replayed: d.replayed };
+  return { id: d.id, position: d.position, commandId: d.commandId, errorCode: d.errorCode, errorMessage: d.errorMessage, sender: d.sender, replayed: d.replayed };
 }
 
 function body(d: DeadLetter): unknown {
@@ -59,7 +61,7 @@ export function registerDlq(program: Command): void {
 
   dlq
     .command('show')
-    .description('one dead letter in full: properties, headers and body')
+    .description('one dead letter in full: properties, headers and body, and its sender (x-cdrom-sender)')
     .argument('<id>', 'message_id or position')
     .option('--host <id>', 'host id')
     .action(async (id: string, o: HostOption) => {
@@ -72,7 +74,7 @@ export function registerDlq(program: Command): void {
 
   dlq
     .command('replay')
-    .description('republish dead letters to cdrom.commands (only those present when it starts)')
+    .description('republish dead letters to cdrom.commands (only those present when it starts), as the broker user of CDROM_AMQP_URL')
     .argument('[ids...]', 'IDs to replay')
     .option('--all', 'replay every dead letter')
     .option('--host <id>', 'host id')

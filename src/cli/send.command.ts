@@ -57,8 +57,9 @@ export function registerSend(program: Command): void {
       };
       const timeoutMs = Number(o.timeout);
       if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new CliError('--timeout must be a positive number of milliseconds', 2, 'CLI_USAGE');
-      const { connectOnce } = await import('../consumers/connection.js');
-      const model = await connectOnce(bus.amqpUrls, bus.tls);
+      const { connectFirst } = await import('../consumers/connection.js');
+      const { asUser, brokerUser } = await import('../consumers/broker-user.js');
+      const { model, url } = await connectFirst(bus.amqpUrls, bus.tls);
       try {
         const ch = await model.createConfirmChannel();
         let replyQueue: string | undefined;
@@ -92,15 +93,20 @@ export function registerSend(program: Command): void {
             COMMANDS_EXCHANGE,
             bus.hostId,
             Buffer.from(JSON.stringify(command)),
-            {
-              persistent: true,
-              contentType: 'application/json',
-              messageId: command.commandId,
-              correlationId,
-              mandatory: true,
-              timestamp: Math.floor(Date.now() / 1000),
-              ...(replyQueue ? { replyTo: replyQueue } : {}),
-            },
+            // Sent as this tool's broker user (user_id), as the engine does, so a worker
+            // with CDROM_TRUSTED_SENDERS runs it when that user is trusted.
+            asUser(
+              {
+                persistent: true,
+                contentType: 'application/json',
+                messageId: command.commandId,
+                correlationId,
+                mandatory: true,
+                timestamp: Math.floor(Date.now() / 1000),
+                ...(replyQueue ? { replyTo: replyQueue } : {}),
+              },
+              brokerUser(url),
+            ),
             (err: unknown) => (err ? reject(new CliError('the broker refused the command (nack)')) : resolve()),
           );
         });

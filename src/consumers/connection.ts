@@ -393,10 +393,18 @@ function toError(err: unknown): Error {
  * once, in turn, and fails if none answers.
  */
 export async function connectOnce(urls: readonly string[], tls: TlsFiles = {}): Promise<ChannelModel> {
+  return (await connectFirst(urls, tls)).model;
+}
+
+/**
+ * connectOnce, also saying which URL answered and so which broker user the tool is
+ * (`brokerUser(url)`): `send` and `dlq replay` publish as that user (user_id).
+ */
+export async function connectFirst(urls: readonly string[], tls: TlsFiles = {}): Promise<{ model: ChannelModel; url: string }> {
   let last: unknown = null;
   for (const url of urls) {
     try {
-      return await connect(withHeartbeat(url, 10), {
+      const model = await connect(withHeartbeat(url, 10), {
         noDelay: true,
         timeout: 5000,
         ...(tls.ca ? { ca: [tls.ca] } : {}),
@@ -404,6 +412,7 @@ export async function connectOnce(urls: readonly string[], tls: TlsFiles = {}): 
         ...(tls.key ? { key: tls.key } : {}),
         clientProperties: { connection_name: 'cdrom-worker-cli' },
       });
+      return { model, url };
     } catch (err) {
       last = err;
     }

@@ -1,5 +1,6 @@
 import type { ChannelModel, ConfirmChannel, GetMessage } from 'amqplib';
-import { ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, REPLAYED_HEADER, headersOf, optString, republishOptions } from './message-props.js';
+import { asUser } from './broker-user.js';
+import { ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, REPLAYED_HEADER, SENDER_HEADER, headersOf, optString, replayOptions } from './message-props.js';
 import { COMMANDS_EXCHANGE, deadQueue } from './topology.js';
 
 /**
@@ -18,6 +19,12 @@ export interface DeadLetter {
   readonly commandId: string | null;
   readonly errorCode: string | null;
   readonly errorMessage: string | null;
+  /**
+   * Who published the original (its broker-validated user_id, kept by the worker in
+   * `x-cdrom-sender`); null when it set none, or when the message did not come from the
+   * worker (anyone with write on cdrom.dead can put one there: docs/security.md).
+   */
+  readonly sender: string | null;
   readonly replayed: number;
   readonly message: GetMessage;
 }
@@ -54,6 +61,7 @@ function describe(msg: GetMessage, position: number): DeadLetter {
     commandId: commandIdOf(msg.content),
     errorCode: text(h[ERROR_CODE_HEADER]),
     errorMessage: text(h[ERROR_MESSAGE_HEADER]),
+    sender: text(h[SENDER_HEADER]),
     replayed: Number.isFinite(replayed) ? replayed : 0,
     message: msg,
   };
@@ -63,10 +71,16 @@ export class DeadLetterQueue {
   private constructor(
     private readonly model: ChannelModel,
     private readonly hostId: string,
+    private readonly user: string | undefined,
   ) {}
 
-  static open(model: ChannelModel, hostId: string): DeadLetterQueue {
-    return new DeadLetterQueue(model, hostId);
+  /**
+   * `user`: the broker user `model` logged in as (`brokerUser(url)`). A replay is sent as
+   * that user (user_id), so with CDROM_TRUSTED_SENDERS the worker runs it only when the
+   * operator replaying it is trusted, whoever sent the original.
+   */
+  static open(model: ChannelModel, hostId: string, user: string | undefined): DeadLetterQueue {
+    return new DeadLetterQueue(model, hostId, user);
   }
 
   /** Fetch every message present now, run `work` on them, then requeue what is left. */
@@ -115,11 +129,7 @@ export class DeadLetterQueue {
         if (missing.length > 0) throw new DlqError('DLQ_NOT_FOUND', `no dead letter with ID ${missing.join(', ')}`);
       }
       for (const d of chosen) {
-        const headers = headersOf(d.message.properties);
-        delete headers[ERROR_CODE_HEADER];
-        delete headers[ERROR_MESSAGE_HEADER];
-        headers[REPLAYED_HEADER] = d.replayed + 1;
-        ch.publish(COMMANDS_EXCHANGE, this.hostId, d.message.content, republishOptions(d.message.properties, headers));
+        ch.publish(COMMANDS_EXCHANGE, this.hostId, d.message.content, asUser(replayOptions(d.message.properties, d.replayed + 1), this.user));
       }
       // A nack rejects this promise and nothing is acked: the originals stay dead-lettered.
       await ch.waitForConfirms();
