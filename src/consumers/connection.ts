@@ -88,6 +88,10 @@ export class Bus {
   private urlIndex = 0;
   private wake: (() => void) | null = null;
   private readonly log: Logger;
+  private healthy = true;
+  private readonly healthListeners = new Set<(healthy: boolean) => void>();
+  /** Starts deferred by whenPublishing until a publish is confirmed again. */
+  private deferred: Array<{ session: BusSession; start: () => Promise<void> }> = [];
 
   constructor(private readonly opts: BusOptions) {
     this.log = opts.logger.child({ component: 'bus' });
@@ -97,6 +101,38 @@ export class Bus {
   addSetup(hook: SetupHook): void {
     this.hooks.push(hook);
     if (this.session?.alive) void hook(this.session).catch((err: unknown) => this.fail(this.session, err));
+  }
+
+  /**
+   * False from a publish that was not confirmed (nacked, refused, or lost with its
+   * connection) until a publish is confirmed again. Only Bus.publish moves it, and a
+   * publish that failed keeps being retried until it is confirmed or the bus closes, so
+   * "false" always ends with a confirm or with close().
+   */
+  get publishHealthy(): boolean {
+    return this.healthy;
+  }
+
+  /** `listener(healthy)` on every change of publishHealthy; returns the unsubscribe. */
+  onPublishHealth(listener: (healthy: boolean) => void): () => void {
+    this.healthListeners.add(listener);
+    return () => this.healthListeners.delete(listener);
+  }
+
+  /**
+   * Runs `start` on `session` once publishing is healthy, for a consumer's setup hook:
+   * taking commands whose events cannot be confirmed only gets them requeued at the next
+   * reconnect, over and over. Healthy now: runs `start` at once and returns its promise
+   * (a failure fails the setup, as before). Not healthy: returns at once and runs
+   * `start` when a publish is next confirmed (the publishes still being retried, on this
+   * session or the next, are what find out), if the session is still alive then (else its
+   * successor's setup hooks run again); a failure of `start` then fails the session.
+   */
+  whenPublishing(session: BusSession, start: () => Promise<void>): Promise<void> {
+    if (this.healthy) return start();
+    this.log.warn({ generation: session.generation }, 'events are not being confirmed: not consuming until a publish is');
+    this.deferred.push({ session, start });
+    return Promise.resolve();
   }
 
   get connected(): boolean {
@@ -132,13 +168,29 @@ export class Bus {
         await new Promise<void>((resolve, reject) => {
           session.publisher.publish(exchange, routingKey, content, asUser(options, session.user), (err: unknown) => (err ? reject(toError(err)) : resolve()));
         });
+        this.setHealthy(true);
         return;
       } catch (err) {
         if (this.closed) throw new BusError('BUS_CLOSED', 'the bus closed before the publish was confirmed');
         this.log.warn({ err, exchange, routingKey }, 'publish not confirmed; republishing on a new connection');
+        this.setHealthy(false);
         this.fail(session, err);
       }
     }
+  }
+
+  private setHealthy(healthy: boolean): void {
+    if (healthy === this.healthy) return;
+    this.healthy = healthy;
+    if (healthy) {
+      this.log.info('a publish was confirmed again');
+      const deferred = this.deferred;
+      this.deferred = [];
+      for (const d of deferred) {
+        if (d.session.alive && !this.closed) d.start().catch((err: unknown) => this.fail(d.session, err));
+      }
+    }
+    for (const listener of this.healthListeners) listener(healthy);
   }
 
   /** Drop this session's connection (if still current) and let the loop reconnect. */
@@ -146,6 +198,7 @@ export class Bus {
     if (session === null || !session.alive) return;
     session.alive = false;
     if (this.session === session) this.session = null;
+    this.deferred = this.deferred.filter((d) => d.session !== session);
     this.opts.onConnected?.(false);
     this.log.warn({ err: toError(err), generation: session.generation }, 'broker connection lost');
     session.model.close().catch(() => undefined);

@@ -48,6 +48,37 @@ describe('Bus', () => {
     expect(confirmed).toBe(true);
   });
 
+  it('while publishes are not confirmed, publishHealthy is false and whenPublishing defers starts until one is', async () => {
+    const { model, ch } = await openTestConnection();
+    cleanups.push(() => model.close());
+    const queue = `t-nack-${randomBytes(4).toString('hex')}`;
+    await ch.assertQueue(queue, { durable: false, arguments: { 'x-max-length': 0, 'x-overflow': 'reject-publish' } });
+    cleanups.push(async () => {
+      await ch.deleteQueue(queue).catch(() => undefined);
+    });
+    let connects = 0;
+    const b = bus([AMQP_URL], (up) => (connects += up ? 1 : 0));
+    const changes: boolean[] = [];
+    b.onPublishHealth((healthy) => changes.push(healthy));
+    // What a consumer's setup hook does: start consuming only while events get confirmed.
+    const starts: Array<{ generation: number; healthy: boolean }> = [];
+    b.addSetup((s) => b.whenPublishing(s, () => Promise.resolve(void starts.push({ generation: s.generation, healthy: b.publishHealthy }))));
+    const first = await b.start();
+    expect(starts).toEqual([{ generation: first.generation, healthy: true }]);
+    const published = b.publish('', queue, Buffer.from('x'), {});
+    await waitFor(() => connects >= 3, 10_000, 'two reconnects after nacks');
+    expect(b.publishHealthy).toBe(false);
+    // Reconnected twice, set up twice, started on neither.
+    expect(starts).toHaveLength(1);
+    await ch.deleteQueue(queue);
+    await published;
+    expect(b.publishHealthy).toBe(true);
+    expect(changes).toEqual([false, true]);
+    // Started once more, on the session the publish was confirmed on, which is the live one.
+    await waitFor(() => starts.length === 2, 5000, 'the deferred start');
+    expect(starts[1]).toEqual({ generation: (await b.ready()).generation, healthy: true });
+  });
+
   it("publishes as the session's own broker user: user_id stamped over whatever the options carried", async () => {
     const { model, ch } = await openTestConnection();
     cleanups.push(() => model.close());
