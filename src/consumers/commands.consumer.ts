@@ -86,10 +86,15 @@ export class CommandConsumer {
           await this.deps.activate?.();
           if (this.stopping || !session.alive) return;
           await ch.prefetch(this.deps.prefetch);
-          const { consumerTag } = await ch.consume(commandsQueue(this.deps.hostId), (msg) => this.onMessage(session, ch, msg), { noAck: false });
-          this.consumer = { channel: ch, tag: consumerTag, session };
-          this.log.info({ queue: commandsQueue(this.deps.hostId), prefetch: this.deps.prefetch, generation: session.generation }, 'consumer attached');
-          this.deps.onAttached?.();
+          // While events are not being confirmed (a nack, a refusal), new commands are not
+          // taken: they would only be requeued at the next reconnect. Until then not ready.
+          await this.deps.bus.whenPublishing(session, async () => {
+            if (this.stopping || !session.alive) return;
+            const { consumerTag } = await ch.consume(commandsQueue(this.deps.hostId), (msg) => this.onMessage(session, ch, msg), { noAck: false });
+            this.consumer = { channel: ch, tag: consumerTag, session };
+            this.log.info({ queue: commandsQueue(this.deps.hostId), prefetch: this.deps.prefetch, generation: session.generation }, 'consumer attached');
+            this.deps.onAttached?.();
+          });
         })
         .catch((err: unknown) => this.deps.bus.fail(session, err));
     });
