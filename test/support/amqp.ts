@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { promisify } from 'node:util';
-import { connect, type Channel, type ChannelModel, type ConfirmChannel, type GetMessage, type Options } from 'amqplib';
+import { connect, type Channel, type ChannelModel, type ConfirmChannel, type GetMessage, type MessageProperties, type Options } from 'amqplib';
 import type { ResultEvent } from '../../src/contracts/schemas.js';
 import { COMMANDS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, removeHostQueues } from '../../src/consumers/topology.js';
 
@@ -54,6 +54,8 @@ export async function publish(ch: ConfirmChannel, hostId: string, body: unknown,
 /** Collects a host's result events through an exclusive queue bound before the test sends. */
 export class EventTap {
   readonly events: ResultEvent[] = [];
+  /** The AMQP properties of each event, in the same order. */
+  readonly properties: MessageProperties[] = [];
   private waiters: Array<() => void> = [];
 
   private constructor(readonly ch: Channel) {}
@@ -68,6 +70,7 @@ export class EventTap {
       (msg) => {
         if (msg === null) return;
         tap.events.push(JSON.parse(msg.content.toString('utf8')) as ResultEvent);
+        tap.properties.push(msg.properties);
         for (const w of tap.waiters) w();
       },
       { noAck: true },
