@@ -27,7 +27,7 @@ function oneLine(s: string | null): string {
 }
 
 function summary(d: DeadLetter): Record<string, unknown> {
-  return { id: d.id, position: d.position, commandId: d.commandId, errorCode: d.errorCode, errorMessage: d.errorMessage, sender: d.sender, replayed: d.replayed };
+  return { id: d.id, position: d.position, commandId: d.commandId, errorCode: d.errorCode, errorMessage: d.errorMessage, sender: d.sender, deadLetteredBy: d.deadLetteredBy, replayed: d.replayed };
 }
 
 function body(d: DeadLetter): unknown {

@@ -25,6 +25,12 @@ export interface DeadLetter {
    * worker (anyone with write on cdrom.dead can put one there: docs/security.md).
    */
   readonly sender: string | null;
+  /**
+   * Who published the dead letter itself (its user_id): the host's worker user for the
+   * dead letters the worker made. Anything else was put there by hand, or by another
+   * host through the direct exchange cdrom.dead, and its x-cdrom-sender means nothing.
+   */
+  readonly deadLetteredBy: string | null;
   readonly replayed: number;
   readonly message: GetMessage;
 }
@@ -62,6 +68,7 @@ function describe(msg: GetMessage, position: number): DeadLetter {
     errorCode: text(h[ERROR_CODE_HEADER]),
     errorMessage: text(h[ERROR_MESSAGE_HEADER]),
     sender: text(h[SENDER_HEADER]),
+    deadLetteredBy: optString(msg.properties.userId) ?? null,
     replayed: Number.isFinite(replayed) ? replayed : 0,
     message: msg,
   };

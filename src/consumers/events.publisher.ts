@@ -87,14 +87,18 @@ export function outcomeOf(event: ResultEvent): ResultOutcome {
 /**
  * The AMQP properties of an event, for both copies. message_id is the commandId, so a
  * consumer can recognise a repeat (redelivery, re-send: the same commandId answers with
- * the same event); an event with no valid commandId (some rejections) gets one of its
- * own. user_id is not set here: the bus sets the session's user on every attempt.
+ * the same event). An event with no valid commandId (some rejections) gets one of its
+ * own, and so does an UNAUTHORIZED_SENDER rejection: its commandId is only what an
+ * untrusted body claims, and with the real command's id as message_id it would make a
+ * consumer that drops repeats by message_id drop the real command's event. user_id is
+ * not set here: the bus sets the session's user on every attempt.
  */
 export function eventProperties(event: ResultEvent, reply: ReplyTarget = {}, now: Date = new Date()): Options.Publish {
+  const trusted = event.error?.code !== 'UNAUTHORIZED_SENDER';
   return {
     persistent: true,
     contentType: 'application/json',
-    messageId: event.commandId ?? randomUUID(),
+    messageId: (trusted ? event.commandId : null) ?? randomUUID(),
     timestamp: Math.floor(now.getTime() / 1000),
     type: event.type,
     appId: 'cdrom-worker',

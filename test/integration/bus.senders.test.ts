@@ -139,8 +139,11 @@ describe('sender authentication', () => {
       const list = await cli(['dlq', 'list', '--json'], opsEnv);
       expect(list.code).toBe(0);
       const listed = list.stdout.trim().split('\n').map((l) => JSON.parse(l) as { id: string; commandId: string; sender: string | null });
-      expect(listed.find((d) => d.commandId === idOf(fromOther))).toMatchObject({ id: 'from-other', sender: other });
-      expect(listed.find((d) => d.commandId === idOf(anonymous))).toMatchObject({ sender: null });
+      expect(listed.find((d) => d.commandId === idOf(fromOther))).toMatchObject({ id: 'from-other', sender: other, deadLetteredBy: workerUser, errorCode: 'UNAUTHORIZED_SENDER' });
+      expect(listed.find((d) => d.commandId === idOf(anonymous))).toMatchObject({ sender: null, deadLetteredBy: workerUser });
+      // The rejected events name the commandId the body claims, but not as message_id.
+      const rejected = tap.events.findIndex((e) => e.commandId === idOf(fromOther));
+      expect(tap.properties[rejected]!.messageId).not.toBe(idOf(fromOther));
 
       // A replay runs as whoever replays it: the administrator is not a trusted sender,
       // so the replayed command is rejected again, now naming the administrator.

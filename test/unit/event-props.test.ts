@@ -24,6 +24,15 @@ describe('eventProperties', () => {
     expect(a).not.toBe(b);
   });
 
+  it("an UNAUTHORIZED_SENDER rejection does not take the commandId its untrusted body claims as message_id", () => {
+    const commandId = randomUUID();
+    const event = rejectedEvent('h1', { code: 'UNAUTHORIZED_SENDER', field: '', message: 'x', ids: { commandId, vmId: null, drive: null } }, at);
+    expect(event.commandId).toBe(commandId);
+    const id = eventProperties(event).messageId;
+    expect(id).toMatch(UUID);
+    expect(id).not.toBe(commandId);
+  });
+
   it('carries the correlation_id, and never a user_id (the bus sets its own session user)', () => {
     const event = rejectedEvent('h1', { code: 'INVALID_COMMAND', field: '', message: 'x', ids: { commandId: null, vmId: null, drive: null } }, at);
     const props = eventProperties(event, { replyTo: 'q', correlationId: 'c-1' });
