@@ -27,8 +27,10 @@ export interface DeadLetter {
   readonly sender: string | null;
   /**
    * Who published the dead letter itself (its user_id): the host's worker user for the
-   * dead letters the worker made. Anything else was put there by hand, or by another
-   * host through the direct exchange cdrom.dead, and its x-cdrom-sender means nothing.
+   * dead letters the worker made; the original sender's for a command the broker
+   * dead-lettered (backstop policy, x-death headers: it keeps every property). Anything
+   * else was put there by hand, or by another host through the direct exchange
+   * cdrom.dead, and its x-cdrom-sender means nothing.
    */
   readonly deadLetteredBy: string | null;
   readonly replayed: number;

@@ -13,9 +13,8 @@ export const SENDER_HEADER = 'x-cdrom-sender';
  */
 const BROKER_HEADERS = ['x-delivery-count'];
 /**
- * Headers the broker adds when it dead-letters a message itself (x-dead-letter-exchange).
- * The worker does not do that, but a command may have been through someone else's dead
- * letter queue on its way; a replay starts its history afresh.
+ * Headers the broker adds when it dead-letters a message itself (x-dead-letter-exchange:
+ * the backstop policy, scripts/rabbitmq-backstop). A replay starts the history afresh.
  */
 const DEATH_HEADERS = ['x-death', 'x-first-death-exchange', 'x-first-death-queue', 'x-first-death-reason', 'x-last-death-exchange', 'x-last-death-queue', 'x-last-death-reason'];
 
