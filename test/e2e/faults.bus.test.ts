@@ -318,8 +318,7 @@ describe.skipIf(!canUseLoopLvm())('faults: the broker misbehaving (CONTRACT 9; p
   it('broker connection closed (close_connection) after 5 of 20 commands on 2 VMs: every command answered, repeats identical, drives chain and end right, the worker reconnects by itself', async () => {
     await withCase('close', async (c) => {
       const worker = await c.startWorker();
-      const before = await brokerOf().connectionsNamed(c.connectionName);
-      const fault = await c.arm('close_connection');
+      const [before, fault] = await Promise.all([brokerOf().connectionsNamed(c.connectionName), c.arm('close_connection')]);
       const firing = answeredAtLeast(c, 5).then(() => fault.fire());
       // awaited below; a case that fails before that must not leave a rejection unhandled
       firing.catch(() => undefined);
@@ -332,8 +331,7 @@ describe.skipIf(!canUseLoopLvm())('faults: the broker misbehaving (CONTRACT 9; p
   it('broker restarted (stop_app, start_app) after 5 of 20 commands on 2 VMs: every command answered, repeats identical, drives chain and end right, the worker reconnects by itself', async () => {
     await withCase('restart', async (c) => {
       const worker = await c.startWorker();
-      const before = await brokerOf().connectionsNamed(c.connectionName);
-      const fault = await c.arm('stop_app');
+      const [before, fault] = await Promise.all([brokerOf().connectionsNamed(c.connectionName), c.arm('stop_app')]);
       const firing = answeredAtLeast(c, 5).then(() => fault.fire());
       // awaited below; a case that fails before that must not leave a rejection unhandled
       firing.catch(() => undefined);
@@ -353,8 +351,7 @@ describe.skipIf(!canUseLoopLvm())('faults: the broker misbehaving (CONTRACT 9; p
   it('journal through outages: 12 commands for one drive, the connection closed once with all 12 delivered and unacked and once mid-way; every repeat (redelivery, and the last 8 sent again) is the first event again, and nothing is done twice', async () => {
     await withCase('journal', async (c) => {
       await c.startWorker();
-      const first = await c.arm('close_connection');
-      const second = await c.arm('close_connection');
+      const [first, second] = await Promise.all([c.arm('close_connection'), c.arm('close_connection')]);
       const media = [A, B, null, A, null, B, A, B, null, B, A, null];
       const ids: string[] = [];
       for (const m of media) ids.push(await c.send(vm1, m));

@@ -161,6 +161,8 @@ export class PrivateBroker {
     readonly url: string,
     /** where the trigger files go (world-readable: the node runs as `rabbitmq`) */
     private readonly dir: string,
+    /** the flock file scripts/rabbitmq-cluster.sh leaves beside the node's data root */
+    private readonly scriptLock: string,
   ) {}
 
   static async start(prefix: string): Promise<PrivateBroker> {
@@ -170,9 +172,10 @@ export class PrivateBroker {
       const cluster = await startCluster({ prefix, size: 1 });
       const node = cluster.nodes[0];
       if (node === undefined) throw new Error('the private broker has no node');
-      return new PrivateBroker(cluster, node.name, node.url, dir);
+      return new PrivateBroker(cluster, node.name, node.url, dir, join(tmpdir(), `cdrom-worker-${prefix}.lock`));
     } catch (err) {
       await rm(dir, { recursive: true, force: true });
+      await rm(join(tmpdir(), `cdrom-worker-${prefix}.lock`), { force: true });
       throw err;
     }
   }
@@ -322,6 +325,7 @@ export class PrivateBroker {
       await writeFile(join(this.dir, 'cancel-all'), '').catch(() => undefined);
       for (const p of [...this.evals]) await p.kill();
       await this.cluster.stop();
+      await rm(this.scriptLock, { force: true });
     } finally {
       await rm(this.dir, { recursive: true, force: true });
     }
