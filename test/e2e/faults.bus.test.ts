@@ -9,7 +9,8 @@ import { TrayWatch } from '../support/tray.js';
 import { TestVms, type TestVm } from '../support/vm.js';
 import { E2eStorage, acquireE2eLock, changeCd, compileWorker, observeDrive, onlyDomains, openAdapters, settledAs, sleep, startWorkerProcess, uniqueHostId, waitUntil, type ExitStatus, type WorkerProcess } from '../support/e2e.js';
 import { emptyDrives, eventProblems, type Sent } from '../support/faults.js';
-import { BusEngine, PrivateBroker, httpStatus, messageIdProblems, repeatCounts, repeatProblems, type ArmedFault, type FaultReport } from '../support/bus-faults.js';
+import { PrivateBroker, type ArmedFault, type FaultReport } from '../support/bus-faults.js';
+import { BusEngine, httpStatus, messageIdProblems, repeatCounts, repeatProblems } from '../support/bus-engine.js';
 
 /**
  * CONTRACT 9 for the broker, on the real stack: the worker's connection closed
