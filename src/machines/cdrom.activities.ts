@@ -149,7 +149,12 @@ export function createActivities(deps: ActivityDeps): Activities {
       switch (step.kind) {
         case 'teardown': {
           const res = await teardown(step.pdiv, { vmId, drive }).catch((err: unknown) => {
-            warnings.push({ code: 'TEARDOWN_FAILED', message: toCdromError(err).message });
+            const e = toCdromError(err);
+            // Outcome unknown (a timeout, a lost connection): the metadata keeps naming the
+            // volume and the whole recovery is retried, rather than leaving an orphan that
+            // only the next background pass would find.
+            if (e.retryable) throw e;
+            warnings.push({ code: 'TEARDOWN_FAILED', message: e.message });
             return 'failed' as const;
           });
           if (res === 'in-use') warnings.push({ code: 'VOLUME_IN_USE', message: `volume ${step.pdiv.volumeID} is in use elsewhere; left active` });
