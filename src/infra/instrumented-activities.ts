@@ -72,6 +72,22 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
 
   const idsOfVolume = (i: DriveInput & { readonly media: MediaLike }): Record<string, string | null> => ({ ...idsOfDrive(i), volume: mediaKey(i.media) });
 
+  // The gauge follows this worker's own prepares and teardowns at once (a scrape right
+  // after an eject must not show the ejected volume), and a listing of the system now and
+  // then corrects it for what others did. A listing that overlapped one of our own
+  // changes may predate it: it is not applied, and another listing follows.
+  let active: Set<string> | null = null;
+  let changes = 0;
+  const noteVolume = (media: MediaLike, isActive: boolean): void => {
+    const key = mediaKey(media);
+    if (key === null) return;
+    changes += 1;
+    if (active === null) return;
+    if (isActive) active.add(key);
+    else active.delete(key);
+    metrics.activeVolumes.set(active.size);
+  };
+
   // One listing in flight at most, and at most one per interval; requests meanwhile fold
   // into one more listing after it.
   const interval = options.refreshIntervalMs ?? 2_000;
@@ -89,9 +105,17 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
     const wait = Math.max(0, lastAt + interval - performance.now());
     const timer = setTimeout(() => {
       lastAt = performance.now();
+      const changesBefore = changes;
       storage
         .listActiveVolumes()
-        .then((vols) => metrics.activeVolumes.set(vols.length))
+        .then((vols) => {
+          if (active !== null && changes !== changesBefore) {
+            again = true;
+            return;
+          }
+          active = new Set(vols.map(mediaKey).filter((k) => k !== null));
+          metrics.activeVolumes.set(active.size);
+        })
         .catch((err: unknown) => log?.debug({ err }, 'listing active volumes failed; gauge unchanged'))
         .finally(() => {
           refreshing = false;
@@ -139,10 +163,19 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
     writeJournal: (input) => timed('journal', { commandId: input.record.commandId, vmId: input.vmId, drive: input.drive }, () => activities.writeJournal(input)),
     prepareVolume: (input) =>
       timed('prepare', idsOfVolume(input), () => activities.prepareVolume(input)).then((prepared) => {
-        if (prepared.diskType === 'block') refreshActive();
+        if (prepared.diskType === 'block') {
+          noteVolume(input.media, true);
+          refreshActive();
+        }
         return prepared;
       }),
     updateDevice: (input) => timed('update', idsOfDrive(input), () => activities.updateDevice(input)),
-    teardownVolume: (input) => timed('teardown', idsOfVolume(input), () => activities.teardownVolume(input)).finally(refreshActive),
+    teardownVolume: (input) =>
+      timed('teardown', idsOfVolume(input), () => activities.teardownVolume(input))
+        .then((res) => {
+          if (res === 'done') noteVolume(input.media, false);
+          return res;
+        })
+        .finally(refreshActive),
   };
 }

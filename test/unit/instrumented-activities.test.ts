@@ -25,7 +25,7 @@ interface LogLine {
   readonly durationMs?: number;
 }
 
-function setup() {
+function setup(refreshIntervalMs = 0) {
   const hv = new FakeHypervisor();
   const storage = new FakeStorage(['/iso']);
   storage.addVolume(ISO_A);
@@ -41,7 +41,7 @@ function setup() {
     },
   });
   const log = createLogger({ level: 'debug', destination: sink });
-  const activities = instrumentActivities(createActivities({ hypervisor: hv, storage }), metrics, { log, storage, refreshIntervalMs: 0 });
+  const activities = instrumentActivities(createActivities({ hypervisor: hv, storage }), metrics, { log, storage, refreshIntervalMs });
   const registry = new DriveRegistry({ activities, concurrency: 4, stepTimeoutMs: 5_000, log });
   const command = (media: Media | null): ChangeCdCommand => ({ type: 'changeCD', version: 1, commandId: randomUUID(), vmId, drive: 'sdc', media });
   return { hv, storage, metrics, lines, registry, command, vmId };
@@ -108,5 +108,20 @@ describe('instrumentActivities', () => {
     await w.registry.execute(w.command(null));
     await settle();
     expect(await gauge()).toBe(0);
+  });
+
+  it('moves the active-volumes gauge with its own prepares and teardowns at once, not at the next listing', async () => {
+    // listings at most once a minute: only the first one runs during this test
+    const w = setup(60_000);
+    const gauge = async (): Promise<number> => (await w.metrics.activeVolumes.get()).values[0]?.value ?? -1;
+    await settle();
+    expect(await gauge()).toBe(0);
+    await w.registry.execute(w.command(ISO_A));
+    expect(await gauge()).toBe(1);
+    await w.registry.execute(w.command(ISO_B));
+    expect(await gauge()).toBe(1);
+    await w.registry.execute(w.command(null));
+    expect(await gauge(), 'right after the eject').toBe(0);
+    expect(w.storage.activeVolumeIds()).toEqual([]);
   });
 });
