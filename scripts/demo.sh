@@ -118,13 +118,29 @@ fi
 
 step "worker for host $HOST_ID (log: $LOG_JSON)"
 : >"$LOG_JSON"
-(
-  export CDROM_HOST_ID=$HOST_ID CDROM_AMQP_URL=$AMQP_URL CDROM_LVM_ACTIVATION=loop \
-    CDROM_STORAGE_ROOT=$STORAGE_ROOT CDROM_HTTP_PORT=$HTTP_PORT CDROM_LOG_LEVEL=debug \
-    LVM_SYSTEM_DIR=$DEMO_DIR/lvm CDROM_DOMAIN_FILTER='^cdw-demo$'
+# The worker's environment, in a file that another shell can source too: the CLI tools
+# (status, send, events, dlq) then see the same broker, host id, storage root, LVM
+# activation mode and LVM configuration as the worker. The worker itself is started from it.
+DEMO_ENV=$DEMO_DIR/demo.env
+{
+  printf '# cdrom-worker demo: `set -a; . %s; set +a` in another shell\n' "$DEMO_ENV"
+  printf 'CDROM_HOST_ID=%q\n' "$HOST_ID"
+  printf 'CDROM_AMQP_URL=%q\n' "$AMQP_URL"
+  printf 'CDROM_LIBVIRT_URI=%q\n' "$LIBVIRT_URI"
+  printf 'CDROM_LVM_ACTIVATION=loop\n'
+  printf 'CDROM_STORAGE_ROOT=%q\n' "$STORAGE_ROOT"
+  printf 'CDROM_HTTP_PORT=%q\n' "$HTTP_PORT"
+  printf 'LVM_SYSTEM_DIR=%q\n' "$DEMO_DIR/lvm"
   # The demo's worker recovers only the demo VM: other VMs on this host are not its business.
-  printf '%s$ CDROM_HOST_ID=%s CDROM_LVM_ACTIVATION=loop CDROM_STORAGE_ROOT=%s CDROM_HTTP_PORT=%s CDROM_LOG_LEVEL=debug npx cdrom-worker run%s\n' \
-    "$dim" "$HOST_ID" "$STORAGE_ROOT" "$HTTP_PORT" "$off"
+  printf 'CDROM_DOMAIN_FILTER=%q\n' '^cdw-demo$'
+} >"$DEMO_ENV"
+(
+  set -a
+  # shellcheck source=/dev/null
+  . "$DEMO_ENV"
+  set +a
+  export CDROM_LOG_LEVEL=debug
+  printf '%s$ set -a; . %s; set +a; CDROM_LOG_LEVEL=debug npx cdrom-worker run%s\n' "$dim" "$DEMO_ENV" "$off"
   exec node bin/cdrom-worker.js run >>"$LOG_JSON" 2>&1
 ) &
 WORKER_PID=$!
@@ -175,11 +191,13 @@ if [ "$ONCE" = 1 ]; then
 fi
 
 step "the worker keeps running; Ctrl-C stops it and removes everything the demo made"
-info "try, in another shell (as root, in $ROOT_DIR):"
+info "try, in another shell (as root), with the demo's environment:"
+info "  cd $ROOT_DIR && set -a && . $DEMO_ENV && set +a"
+info "  npx cdrom-worker status"
 info "  npx cdrom-worker send --wait --host $HOST_ID --vm $VM_UUID --drive $DRIVE --pdiv $POOL_ID,$SD_ID,$IMG_A,$VOL_A"
 info "  npx cdrom-worker events --host $HOST_ID"
 info "  npx cdrom-worker dlq list --host $HOST_ID"
-info "  curl -s http://127.0.0.1:$HTTP_PORT/metrics | grep ^cdrom_"
+info "  curl -s http://127.0.0.1:\$CDROM_HTTP_PORT/metrics | grep ^cdrom_"
 info "  tail -f $LOG_JSON | npx pino-pretty"
 wait "$WORKER_PID" || true
 WORKER_PID=''

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import type { Config } from '../config.js';
 import { toCdromError } from '../domain/errors.js';
 import { isPdiv, type Media, type Pdiv } from '../domain/media.js';
-import { OVIRT_VM_NS, type DriveSource, type VolumeActivation } from '../domain/ports.js';
+import { OVIRT_VM_NS, type DriveSource, type StoragePort, type VolumeActivation } from '../domain/ports.js';
 import { configOrExit } from './common.js';
 import { openHostAdapters, type HostAdapters } from './recover.command.js';
 
@@ -23,6 +23,8 @@ export interface VolumeStatus {
   /** the metadata entry's state, or `change:<state>` for vdsm's `<change>` form */
   readonly state: string | null;
   readonly activation: VolumeActivation | 'unknown';
+  /** the activation mode that found it active (`dm` or `loop`); null when neither did */
+  readonly activeVia: 'dm' | 'loop' | null;
   /** whether the drive's source is this volume */
   readonly inDrive: boolean;
 }
@@ -47,10 +49,18 @@ export interface DomainStatus {
 
 export interface HostStatus {
   readonly hostId: string;
+  /** the activation modes checked, configured one first (CDROM_LVM_ACTIVATION) */
+  readonly modesChecked: readonly ('dm' | 'loop')[];
   readonly domains: readonly DomainStatus[];
 }
 
-export async function collectStatus(config: Config, adapters: HostAdapters, onlyVm?: string): Promise<HostStatus> {
+/**
+ * `other`: storage in the other activation mode. A volume activated in loop mode is not
+ * active to device-mapper and the other way round, and `status` is typically run from a
+ * shell that does not carry the worker's CDROM_LVM_ACTIVATION: it asks both, and says
+ * which one found the volume.
+ */
+export async function collectStatus(config: Config, adapters: HostAdapters, onlyVm?: string, other?: StoragePort): Promise<HostStatus> {
   const [{ VmMetadata }, { currentMedia }, { sourceHolds }] = await Promise.all([
     import('../domain/metadata/ovirt-vm.metadata.js'),
     import('../machines/cdrom.activities.js'),
@@ -73,8 +83,16 @@ export async function collectStatus(config: Config, adapters: HostAdapters, only
         if (dm.change?.pdiv) named.push({ pdiv: dm.change.pdiv, state: `change:${dm.change.state}` });
         const volumes: VolumeStatus[] = [];
         for (const n of named) {
-          const activation = await storage.volumeActivation(n.pdiv).catch(() => 'unknown' as const);
-          volumes.push({ pdiv: n.pdiv, state: n.state, activation, inDrive: sourceHolds(source, n.pdiv) });
+          let activation: VolumeActivation | 'unknown' = await storage.volumeActivation(n.pdiv).catch(() => 'unknown' as const);
+          let activeVia: VolumeStatus['activeVia'] = activation === 'active' ? config.lvmActivation : null;
+          if (activation !== 'active' && other !== undefined) {
+            const there = await other.volumeActivation(n.pdiv).catch(() => 'unknown' as const);
+            if (there === 'active') {
+              activation = 'active';
+              activeVia = otherMode(config.lvmActivation);
+            }
+          }
+          volumes.push({ pdiv: n.pdiv, state: n.state, activation, activeVia, inDrive: sourceHolds(source, n.pdiv) });
         }
         const states = [...dm.entries.map((e) => e.state), dm.change === null ? null : `change:${dm.change.state}`].filter((s) => s !== null);
         drives.push({ drive, source, media: currentMedia(source, dm), state: states.length === 0 ? null : states.join(','), volumes });
@@ -84,8 +102,10 @@ export async function collectStatus(config: Config, adapters: HostAdapters, only
       domains.push({ vmId: d.vmId, name: d.name, active: d.active, drives: [], error: toCdromError(err).message });
     }
   }
-  return { hostId: config.hostId, domains };
+  return { hostId: config.hostId, modesChecked: other === undefined ? [config.lvmActivation] : [config.lvmActivation, otherMode(config.lvmActivation)], domains };
 }
+
+const otherMode = (m: 'dm' | 'loop'): 'dm' | 'loop' => (m === 'dm' ? 'loop' : 'dm');
 
 function describe(m: Media | null): string {
   if (m === null) return 'empty';
@@ -94,7 +114,7 @@ function describe(m: Media | null): string {
 }
 
 export function formatStatus(s: HostStatus): string[] {
-  const lines: string[] = [`host ${s.hostId}: ${s.domains.length} domain(s)`];
+  const lines: string[] = [`host ${s.hostId}: ${s.domains.length} domain(s); volume activation checked in ${s.modesChecked.join(' and ')} mode`];
   for (const d of s.domains) {
     lines.push(`${d.name} ${d.vmId} ${d.active ? 'running' : 'shut off'}`);
     if (d.error !== null) lines.push(`  error: ${d.error}`);
@@ -102,7 +122,7 @@ export function formatStatus(s: HostStatus): string[] {
     for (const dr of d.drives) {
       lines.push(`  ${dr.drive}: ${describe(dr.media)}${dr.source !== null ? ` (${dr.source.type} ${dr.source.path})` : ''}${dr.state !== null ? `  state=${dr.state}` : ''}`);
       for (const v of dr.volumes) {
-        const flags = [v.activation, v.inDrive ? 'in drive' : 'not in drive', v.state !== null ? `state=${v.state}` : null].filter((x) => x !== null);
+        const flags = [v.activeVia !== null ? `${v.activation} (${v.activeVia})` : v.activation, v.inDrive ? 'in drive' : 'not in drive', v.state !== null ? `state=${v.state}` : null].filter((x) => x !== null);
         lines.push(`    volume ${v.pdiv.domainID}/${v.pdiv.volumeID}: ${flags.join(', ')}`);
       }
     }
@@ -131,7 +151,9 @@ export function registerStatus(program: Command): void {
       const config = configOrExit();
       const adapters = await openHostAdapters(config, o.verbose === true);
       try {
-        const status = await collectStatus(config, adapters, o.vm);
+        const { createStorage } = await import('../infra/storage/index.js');
+        const other = createStorage({ storageRoot: config.storageRoot, activation: otherMode(config.lvmActivation), isoDirs: config.isoDirs, logger: adapters.logger });
+        const status = await collectStatus(config, adapters, o.vm, other);
         if (o.json) console.log(JSON.stringify(status, null, 2));
         else for (const line of formatStatus(status)) console.log(line);
       } finally {
