@@ -1,5 +1,6 @@
 import { Option, type Command } from 'commander';
-import type { ResultEvent } from '../contracts/schemas.js';
+import { isCdromClientError } from '../client/errors.js';
+import type { Outcome } from '../client/events.stream.js';
 import { EVENTS_EXCHANGE } from '../consumers/topology.js';
 import { busConfigOrExit, CliError } from './common.js';
 import { formatEvent } from './format.js';
@@ -27,36 +28,25 @@ export function registerEvents(program: Command): void {
       const bus = busConfigOrExit();
       const limit = o.count === undefined ? Infinity : Number(o.count);
       if (!(limit > 0)) throw new CliError('--count must be a positive number', 2, 'CLI_USAGE');
-      const { connectOnce } = await import('../consumers/connection.js');
-      const model = await connectOnce(bus.amqpUrls, bus.tls);
-      const ch = await model.createChannel();
-      // Exclusive + auto-delete: the tap disappears with this process, leaving nothing behind.
-      const { queue } = await ch.assertQueue('', { exclusive: true, autoDelete: true, durable: false });
-      await ch.bindQueue(queue, EVENTS_EXCHANGE, `${o.host ?? '*'}.changeCD.${o.outcome ?? '*'}`);
-      let seen = 0;
-      let finish: () => void = () => undefined;
-      const done = new Promise<void>((resolve) => (finish = resolve));
-      await ch.consume(
-        queue,
-        (msg) => {
-          if (msg === null) return finish();
-          let event: ResultEvent;
-          try {
-            event = JSON.parse(msg.content.toString('utf8')) as ResultEvent;
-          } catch {
-            return;
-          }
-          if (o.vm !== undefined && event.vmId?.toLowerCase() !== o.vm.toLowerCase()) return;
+      const { connect } = await import('../client/index.js');
+      const client = await connect(bus.amqpUrls, bus.tls, { connectionName: 'cdrom-worker-cli' });
+      const stop = new AbortController();
+      const events = client.events({ hostId: o.host, outcome: o.outcome as Outcome | undefined, vmId: o.vm, signal: stop.signal });
+      process.once('SIGINT', () => stop.abort());
+      process.once('SIGTERM', () => stop.abort());
+      try {
+        await events.bound;
+        console.error(`listening on ${EVENTS_EXCHANGE} (${events.bindingKey})`);
+        let seen = 0;
+        for await (const event of events) {
           console.log(o.json ? JSON.stringify(event) : formatEvent(event));
-          if (++seen >= limit) finish();
-        },
-        { noAck: true },
-      );
-      console.error(`listening on ${EVENTS_EXCHANGE} (${o.host ?? '*'}.changeCD.${o.outcome ?? '*'})`);
-      process.once('SIGINT', finish);
-      process.once('SIGTERM', finish);
-      model.once('close', finish);
-      await done;
-      await model.close().catch(() => undefined);
+          if (++seen >= limit) break;
+        }
+      } catch (err) {
+        if (isCdromClientError(err)) throw new CliError(err.message);
+        throw err;
+      } finally {
+        await client.close();
+      }
     });
 }

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Option, type Command } from 'commander';
-import type { ChangeCdCommand, ResultEvent } from '../contracts/schemas.js';
-import { COMMANDS_EXCHANGE } from '../consumers/topology.js';
+import { isCdromClientError } from '../client/errors.js';
+import type { ChangeCdCommand } from '../contracts/schemas.js';
 import { busConfigOrExit, CliError } from './common.js';
 import { formatEvent } from './format.js';
 
@@ -57,70 +57,26 @@ export function registerSend(program: Command): void {
       };
       const timeoutMs = Number(o.timeout);
       if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new CliError('--timeout must be a positive number of milliseconds', 2, 'CLI_USAGE');
-      const { connectFirst } = await import('../consumers/connection.js');
-      const { asUser, brokerUser } = await import('../consumers/broker-user.js');
-      const { model, url } = await connectFirst(bus.amqpUrls, bus.tls);
+      // Through the engine-side client, so the tool exercises what the engine uses: the
+      // same properties (user_id, message_id, correlation_id) and, with --wait, direct
+      // reply-to with re-sends of the same commandId after a lost connection.
+      const { connect } = await import('../client/index.js');
+      const client = await connect(bus.amqpUrls, bus.tls, { connectionName: 'cdrom-worker-cli' });
       try {
-        const ch = await model.createConfirmChannel();
-        let replyQueue: string | undefined;
-        let reply: Promise<ResultEvent> | undefined;
-        const correlationId = command.commandId;
-        if (o.wait) {
-          // An exclusive, server-named queue dies with this connection: nothing to clean up.
-          replyQueue = (await ch.assertQueue('', { exclusive: true, autoDelete: true, durable: false })).queue;
-          const q = replyQueue;
-          reply = new Promise<ResultEvent>((resolve, reject) => {
-            const timer = setTimeout(() => reject(new CliError(`no result event within ${timeoutMs} ms`)), timeoutMs);
-            void ch.consume(
-              q,
-              (msg) => {
-                if (msg === null || msg.properties.correlationId !== correlationId) return;
-                clearTimeout(timer);
-                try {
-                  resolve(JSON.parse(msg.content.toString('utf8')) as ResultEvent);
-                } catch {
-                  reject(new CliError('the reply is not JSON'));
-                }
-              },
-              { noAck: true },
-            );
-          });
-        }
-        let returned = false;
-        ch.on('return', () => (returned = true));
-        await new Promise<void>((resolve, reject) => {
-          ch.publish(
-            COMMANDS_EXCHANGE,
-            bus.hostId,
-            Buffer.from(JSON.stringify(command)),
-            // Sent as this tool's broker user (user_id), as the engine does, so a worker
-            // with CDROM_TRUSTED_SENDERS runs it when that user is trusted.
-            asUser(
-              {
-                persistent: true,
-                contentType: 'application/json',
-                messageId: command.commandId,
-                correlationId,
-                mandatory: true,
-                timestamp: Math.floor(Date.now() / 1000),
-                ...(replyQueue ? { replyTo: replyQueue } : {}),
-              },
-              brokerUser(url),
-            ),
-            (err: unknown) => (err ? reject(new CliError('the broker refused the command (nack)')) : resolve()),
-          );
-        });
-        // basic.return arrives before the confirm, so it is known by now.
-        if (returned) throw new CliError(`no queue is bound for host ${bus.hostId}: is its worker set up?`);
-        if (!reply) {
+        const request = { vmId: command.vmId, drive: command.drive, media: command.media };
+        if (!o.wait) {
+          await client.send(bus.hostId, request, { commandId: command.commandId });
           console.log(o.json ? JSON.stringify({ commandId: command.commandId, hostId: bus.hostId }) : `sent ${command.commandId} to ${bus.hostId}`);
           return;
         }
-        const event = await reply;
+        const event = await client.changeCD(bus.hostId, request, { commandId: command.commandId, timeoutMs });
         console.log(o.json ? JSON.stringify(event) : formatEvent(event));
         process.exitCode = event.type === 'changeCD.completed' ? 0 : 1;
+      } catch (err) {
+        if (isCdromClientError(err)) throw new CliError(err.message);
+        throw err;
       } finally {
-        await model.close().catch(() => undefined);
+        await client.close();
       }
     });
 }

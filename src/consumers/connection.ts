@@ -452,8 +452,9 @@ export async function connectOnce(urls: readonly string[], tls: TlsFiles = {}): 
 /**
  * connectOnce, also saying which URL answered and so which broker user the tool is
  * (`brokerUser(url)`): `send` and `dlq replay` publish as that user (user_id).
+ * `connectionName` is what the broker lists (rabbitmqctl list_connections).
  */
-export async function connectFirst(urls: readonly string[], tls: TlsFiles = {}): Promise<{ model: ChannelModel; url: string }> {
+export async function connectFirst(urls: readonly string[], tls: TlsFiles = {}, connectionName = 'cdrom-worker-cli'): Promise<{ model: ChannelModel; url: string }> {
   let last: unknown = null;
   for (const url of urls) {
     try {
@@ -463,7 +464,7 @@ export async function connectFirst(urls: readonly string[], tls: TlsFiles = {}):
         ...(tls.ca ? { ca: [tls.ca] } : {}),
         ...(tls.cert ? { cert: tls.cert } : {}),
         ...(tls.key ? { key: tls.key } : {}),
-        clientProperties: { connection_name: 'cdrom-worker-cli' },
+        clientProperties: { connection_name: connectionName },
       });
       return { model, url };
     } catch (err) {
