@@ -51,7 +51,13 @@ export class EventStream implements EventSubscription {
   private ended = false;
   private failure: CdromClientError | null = null;
 
-  constructor(session: Promise<ClientSession>, filter: EventFilter, parse: (content: Buffer) => ResultEvent | null) {
+  constructor(
+    session: Promise<ClientSession>,
+    filter: EventFilter,
+    parse: (content: Buffer) => ResultEvent | null,
+    /** Called once when the subscription ends, however it ends. */
+    private readonly onEnd: () => void = () => undefined,
+  ) {
     this.bindingKey = eventRoutingKey(filter.hostId ?? '*', filter.outcome ?? '*');
     const vm = filter.vmId?.toLowerCase();
     const wanted: Check = vm === undefined ? () => true : (e) => e.vmId?.toLowerCase() === vm;
@@ -89,10 +95,11 @@ export class EventStream implements EventSubscription {
   }
 
   async next(): Promise<IteratorResult<ResultEvent>> {
+    if (this.ended) return { value: undefined, done: true };
     try {
       await this.bound;
     } catch (err) {
-      this.ended = true;
+      this.finish();
       throw err;
     }
     for (;;) {
@@ -102,7 +109,7 @@ export class EventStream implements EventSubscription {
         return { value: head.event, done: false };
       }
       if (this.failure) {
-        this.ended = true;
+        this.finish();
         const failure = this.failure;
         this.failure = null;
         throw failure;
@@ -114,7 +121,7 @@ export class EventStream implements EventSubscription {
 
   async return(): Promise<IteratorResult<ResultEvent>> {
     if (!this.ended) {
-      this.ended = true;
+      this.finish();
       this.buffer.length = 0;
       this.wake();
       // Closing the channel cancels the consumer, and the auto-delete queue goes with it.
@@ -125,8 +132,14 @@ export class EventStream implements EventSubscription {
 
   /** Ends the subscription because the client closes: no error, iteration just stops. */
   end(): void {
-    this.ended = true;
+    this.finish();
     this.wake();
+  }
+
+  private finish(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.onEnd();
   }
 
   private fail(err: CdromClientError): void {

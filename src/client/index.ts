@@ -211,9 +211,8 @@ export class CdromClient {
    * see; end it with `return()` (a `for await` … `break` does), or the filter's signal.
    */
   events(filter: EventFilter = {}): EventSubscription {
-    const stream = new EventStream(this.session(), filter, parseEvent);
+    const stream: EventStream = new EventStream(this.session(), filter, parseEvent, () => this.streams.delete(stream));
     this.streams.add(stream);
-    stream.bound.then(undefined, () => this.streams.delete(stream));
     return stream;
   }
 
@@ -221,8 +220,7 @@ export class CdromClient {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const s of this.streams) s.end();
-    this.streams.clear();
+    for (const s of [...this.streams]) s.end();
     await this.connecting?.catch(() => undefined);
     await this.current?.close();
     this.current = null;
