@@ -50,6 +50,7 @@ export class EventStream implements EventSubscription {
   private channel: Channel | null = null;
   private ended = false;
   private failure: CdromClientError | null = null;
+  private detach: () => void = () => undefined;
 
   constructor(
     session: Promise<ClientSession>,
@@ -64,9 +65,13 @@ export class EventStream implements EventSubscription {
     this.bound = this.bind(session, parse, wanted);
     // A failed bind is reported by next(); this keeps it from being "unhandled" meanwhile.
     this.bound.catch(() => undefined);
-    if (filter.signal) {
-      if (filter.signal.aborted) void this.return();
-      else filter.signal.addEventListener('abort', () => void this.return(), { once: true });
+    const signal = filter.signal;
+    if (signal) {
+      const onAbort = (): void => void this.return();
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+      // A long-lived signal shared by many subscriptions must not keep the ended ones.
+      this.detach = () => signal.removeEventListener('abort', onAbort);
     }
   }
 
@@ -139,6 +144,7 @@ export class EventStream implements EventSubscription {
   private finish(): void {
     if (this.ended) return;
     this.ended = true;
+    this.detach();
     this.onEnd();
   }
 

@@ -104,10 +104,12 @@ export class CdromClient {
     waiters.add(settle);
     this.pending.set(command.commandId, waiters);
     let timer: NodeJS.Timeout | undefined;
+    let onAbort: () => void = () => undefined;
     const giveUp = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new CdromClientError('TIMEOUT', `no result event for ${command.commandId} from ${hostId} within ${timeoutMs} ms`)), timeoutMs);
-      options.signal?.addEventListener('abort', () => reject(new CdromClientError('CLOSED', 'aborted')), { once: true });
-      if (options.signal?.aborted) reject(new CdromClientError('CLOSED', 'aborted'));
+      onAbort = () => reject(new CdromClientError('CLOSED', 'aborted'));
+      if (options.signal?.aborted) onAbort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
     });
     giveUp.catch(() => undefined);
     try {
@@ -124,15 +126,21 @@ export class CdromClient {
           backoff = Math.min(backoff * 2, 2000);
           continue;
         }
-        const sent = await Promise.race([this.publish(session, hostId, command, DIRECT_REPLY_TO), session.lost.then(() => false), giveUp]);
-        if (sent) {
-          const got = await Promise.race([answer, session.lost.then(() => null), giveUp]);
-          if (got !== null) return got;
+        const { lost, dispose } = session.whenLost();
+        try {
+          const sent = await Promise.race([this.publish(session, hostId, command, DIRECT_REPLY_TO), lost.then(() => false), giveUp]);
+          if (sent) {
+            const got = await Promise.race([answer, lost.then(() => null), giveUp]);
+            if (got !== null) return got;
+          }
+        } finally {
+          dispose();
         }
-        // Lost before the event came back: it may have been sent to the old address.
+        // Lost before the event came back: it may have gone to the old, dead address.
       }
     } finally {
       clearTimeout(timer);
+      options.signal?.removeEventListener('abort', onAbort);
       waiters.delete(settle);
       if (waiters.size === 0 && this.pending.get(command.commandId) === waiters) this.pending.delete(command.commandId);
     }
@@ -147,7 +155,12 @@ export class CdromClient {
     const command: ChangeCdCommand = { type: 'changeCD', version: 1, commandId: options.commandId ?? randomUUID(), vmId: request.vmId, drive: request.drive, media: request.media };
     for (;;) {
       const session = await this.session();
-      if (await Promise.race([this.publish(session, hostId, command), session.lost.then(() => false)])) return command.commandId;
+      const { lost, dispose } = session.whenLost();
+      try {
+        if (await Promise.race([this.publish(session, hostId, command), lost.then(() => false)])) return command.commandId;
+      } finally {
+        dispose();
+      }
     }
   }
 

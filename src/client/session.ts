@@ -18,8 +18,12 @@ export interface ClientSession {
   readonly commands: ConfirmChannel;
   /** The broker user of the URL that answered: the commands' user_id (CONTRACT §3). */
   readonly user: string | undefined;
-  /** Resolves when the connection or the command channel is gone. */
-  readonly lost: Promise<void>;
+  /**
+   * A promise that resolves when the connection or the command channel is gone, and its
+   * disposal. Per call, not one shared promise: a reaction on a shared promise lives as
+   * long as the connection, and an engine's long-lived client makes millions of calls.
+   */
+  whenLost(): { readonly lost: Promise<void>; readonly dispose: () => void };
   readonly alive: () => boolean;
   /** message_ids returned unroutable (mandatory); basic.return precedes the confirm. */
   readonly returned: Set<string>;
@@ -40,8 +44,18 @@ export async function openSession(
     throw new CdromClientError('CONNECT_FAILED', err instanceof Error ? err.message : String(err), { cause: err });
   }
   let alive = true;
-  let markLost: () => void = () => undefined;
-  const lost = new Promise<void>((resolve) => (markLost = resolve));
+  const listeners = new Set<() => void>();
+  const markLost = (): void => {
+    for (const l of listeners) l();
+    listeners.clear();
+  };
+  const whenLost = (): { lost: Promise<void>; dispose(): void } => {
+    let listener: () => void = () => undefined;
+    const lost = new Promise<void>((resolve) => (listener = resolve));
+    if (alive) listeners.add(listener);
+    else listener();
+    return { lost, dispose: () => listeners.delete(listener) };
+  };
   const end = (): void => {
     if (!alive) return;
     alive = false;
@@ -69,7 +83,7 @@ export async function openSession(
       model,
       commands,
       user: brokerUser(url),
-      lost,
+      whenLost,
       alive: () => alive,
       returned,
       close: async () => {

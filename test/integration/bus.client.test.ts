@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { getEventListeners } from 'node:events';
 import type { ChannelModel, ConfirmChannel } from 'amqplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { connect, isCdromClientError, type CdromClient, type ChangeRequest, type ResultEvent } from '../../src/client/index.js';
@@ -88,12 +89,23 @@ describe('cdrom-worker/client changeCD', () => {
     expect(effects.count(commandId)).toBe(1);
   });
 
-  it('concurrent calls for several drives each get their own event', async () => {
+  it('concurrent calls for several drives each get their own event; a shared signal keeps no listeners', async () => {
     await start({ delayMs: 50 });
+    const shared = new AbortController();
     const reqs = Array.from({ length: 20 }, () => request());
-    const events = await Promise.all(reqs.map((r) => client!.changeCD(hostId, r, { timeoutMs: 15_000 })));
+    const events = await Promise.all(reqs.map((r) => client!.changeCD(hostId, r, { timeoutMs: 15_000, signal: shared.signal })));
     expect(events.map((e) => e.vmId)).toEqual(reqs.map((r) => r.vmId));
     expect(events.every((e) => e.type === 'changeCD.completed')).toBe(true);
+    // An engine passes one long-lived signal to every call: finished calls must let go.
+    expect(getEventListeners(shared.signal, 'abort')).toHaveLength(0);
+  });
+
+  it('an aborted call rejects CLOSED at once', async () => {
+    await start({ delayMs: 2000 });
+    const stop = new AbortController();
+    const pending = client!.changeCD(hostId, request(), { timeoutMs: 15_000, signal: stop.signal }).catch((err: unknown) => err);
+    stop.abort();
+    expect(isCdromClientError(await pending, 'CLOSED')).toBe(true);
   });
 
   it('rejects with TIMEOUT when no worker answers in time, and NO_ROUTE when no queue is bound', async () => {
