@@ -89,6 +89,18 @@ describe('cdrom-worker/client changeCD', () => {
     expect(effects.count(commandId)).toBe(1);
   });
 
+  it('two calls with one commandId, at once: both resolve with the one answer, the drive changes once', async () => {
+    await start({ delayMs: 200 });
+    const req = request();
+    const commandId = randomUUID();
+    // The worker runs the first delivery and answers the second from its journal: two
+    // reply copies for one correlation_id; the first settles both calls, the second is dropped.
+    const [a, b] = await Promise.all([client!.changeCD(hostId, req, { commandId, timeoutMs: 10_000 }), client!.changeCD(hostId, req, { commandId, timeoutMs: 10_000 })]);
+    expect(b).toBe(a);
+    expect(effects.count(commandId)).toBe(1);
+    await tap.count(2);
+  });
+
   it('concurrent calls for several drives each get their own event; a shared signal keeps no listeners', async () => {
     await start({ delayMs: 50 });
     const shared = new AbortController();
