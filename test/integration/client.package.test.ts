@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,19 +11,26 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
  * lookup an installed copy gets), against what `npm run build` emits into dist/. The
  * other client tests import the source; this one is what catches a broken exports map,
  * a missing declaration file, or a client that only works under tsx.
+ *
+ * The package is a copy: this package.json and a build of its own, in a temporary
+ * directory. Rebuilding the repository's dist/ here would rewrite files under the CLI
+ * that other test files run at the same time.
  */
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '../..');
-// Inside the package (so the self-reference resolves) and ignored by git and eslint.
-const DIR = join(ROOT, '.tmp', `client-package-${process.pid}`);
+const PKG = join(tmpdir(), `cdw-client-package-${process.pid}`);
+// Inside the package, so that the self-reference resolves.
+const DIR = join(PKG, 'engine');
 
 beforeAll(async () => {
-  await run('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, timeout: 110_000 });
   mkdirSync(DIR, { recursive: true });
+  copyFileSync(join(ROOT, 'package.json'), join(PKG, 'package.json'));
+  symlinkSync(join(ROOT, 'node_modules'), join(PKG, 'node_modules'));
+  await run('npx', ['tsc', '-p', 'tsconfig.build.json', '--outDir', join(PKG, 'dist')], { cwd: ROOT, timeout: 110_000 });
 }, 120_000);
 
-afterAll(() => rmSync(DIR, { recursive: true, force: true }));
+afterAll(() => rmSync(PKG, { recursive: true, force: true }));
 
 describe('cdrom-worker/client as a package', () => {
   it('Node resolves it to the built client', async () => {
