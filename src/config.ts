@@ -48,6 +48,31 @@ export interface RetryConfig {
   readonly maxDelayMs: number;
 }
 
+/** How spans are sampled (OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG). */
+export interface SamplerConfig {
+  readonly root: 'always_on' | 'always_off' | 'traceidratio';
+  /** a span with a parent (the engine's traceparent) follows the parent's decision */
+  readonly parentBased: boolean;
+  /** for traceidratio, 0…1 */
+  readonly ratio: number;
+}
+
+/**
+ * OpenTelemetry tracing (README, Tracing). `endpoint` null: off, no SDK is created. Only
+ * the standard OTEL_* variables are read; the SDK itself may still read its own tuning
+ * knobs (span limits, OTEL_BSP_*) — those cannot change whether or where it exports.
+ */
+export interface TracingConfig {
+  /** full OTLP/HTTP traces URL (…/v1/traces), or null when tracing is off */
+  readonly endpoint: string | null;
+  readonly serviceName: string;
+  /** OTEL_EXPORTER_OTLP_(TRACES_)HEADERS: sent with every export (e.g. an API key) */
+  readonly headers: Readonly<Record<string, string>>;
+  /** OTEL_RESOURCE_ATTRIBUTES */
+  readonly resourceAttributes: Readonly<Record<string, string>>;
+  readonly sampler: SamplerConfig;
+}
+
 export interface Config extends BusConfig {
   readonly libvirtUri: string;
   readonly storageRoot: string;
@@ -82,6 +107,7 @@ export interface Config extends BusConfig {
    * AMQP user_id is missing or not listed is rejected UNAUTHORIZED_SENDER. null: no check.
    */
   readonly trustedSenders: readonly string[] | null;
+  readonly tracing: TracingConfig;
 }
 
 function str(env: Env, name: string): string | undefined {
@@ -232,6 +258,79 @@ export function loadConfig(env: Env = process.env): Config {
     reconcileIntervalMs: int(env, 'CDROM_RECONCILE_INTERVAL_MS', 60_000, 0, 86_400_000),
     domainFilter: regex(env, 'CDROM_DOMAIN_FILTER'),
     trustedSenders: trustedSenders(env),
+    tracing: tracingConfig(env),
+  });
+}
+
+const SAMPLERS = ['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'] as const;
+
+/** `k=v,k2=v2` with percent-encoded values (the OTel spec's format for headers and resource attributes). */
+function keyValues(env: Env, name: string): Record<string, string> {
+  const raw = str(env, name);
+  const out: Record<string, string> = {};
+  if (raw === undefined) return out;
+  for (const [i, item] of raw.split(',').entries()) {
+    const eq = item.indexOf('=');
+    const key = eq < 0 ? '' : item.slice(0, eq).trim();
+    if (key === '') throw new ConfigError(name, `entry ${i + 1} is not key=value`);
+    try {
+      out[key] = decodeURIComponent(item.slice(eq + 1).trim());
+    } catch {
+      throw new ConfigError(name, `entry ${i + 1} (${key}) has an invalid percent-encoding`);
+    }
+  }
+  return out;
+}
+
+function otlpUrl(name: string, value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(name, `is not a valid URL, got ${JSON.stringify(value)}`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(name, `must be an http:// or https:// URL, got ${url.protocol}//`);
+  return url.toString();
+}
+
+/**
+ * The standard OTEL_* variables. Tracing is on only when an OTLP endpoint is named: a
+ * worker without one creates no SDK at all. The signal's own endpoint is used as given;
+ * the generic one gets `v1/traces` appended, as the OTLP exporter spec says.
+ */
+function tracingConfig(env: Env): TracingConfig {
+  const tracesEndpoint = str(env, 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT');
+  const baseEndpoint = str(env, 'OTEL_EXPORTER_OTLP_ENDPOINT');
+  let endpoint: string | null = null;
+  if (tracesEndpoint !== undefined) endpoint = otlpUrl('OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', tracesEndpoint);
+  else if (baseEndpoint !== undefined) endpoint = otlpUrl('OTEL_EXPORTER_OTLP_ENDPOINT', `${baseEndpoint.replace(/\/+$/, '')}/v1/traces`);
+  if (flag(env, 'OTEL_SDK_DISABLED', false) || str(env, 'OTEL_TRACES_EXPORTER') === 'none') endpoint = null;
+  for (const name of ['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', 'OTEL_EXPORTER_OTLP_PROTOCOL']) {
+    const protocol = str(env, name);
+    // The exporter shipped is OTLP/HTTP (it sends JSON, which every OTLP/HTTP receiver
+    // accepts beside protobuf); a gRPC endpoint would refuse every export, silently.
+    if (protocol !== undefined && protocol !== 'http/json' && protocol !== 'http/protobuf') {
+      throw new ConfigError(name, `must be http/json or http/protobuf (only OTLP over HTTP is supported), got ${JSON.stringify(protocol)}`);
+    }
+  }
+  const samplerName = (str(env, 'OTEL_TRACES_SAMPLER') ?? 'parentbased_always_on').toLowerCase();
+  if (!(SAMPLERS as readonly string[]).includes(samplerName)) {
+    throw new ConfigError('OTEL_TRACES_SAMPLER', `must be one of ${SAMPLERS.join(', ')}, got ${JSON.stringify(samplerName)}`);
+  }
+  let ratio = 1;
+  const arg = str(env, 'OTEL_TRACES_SAMPLER_ARG');
+  if (samplerName.endsWith('traceidratio') && arg !== undefined) {
+    ratio = Number(arg);
+    if (!Number.isFinite(ratio) || ratio < 0 || ratio > 1) throw new ConfigError('OTEL_TRACES_SAMPLER_ARG', `must be a number between 0 and 1, got ${JSON.stringify(arg)}`);
+  }
+  const parentBased = samplerName.startsWith('parentbased_');
+  const root = (parentBased ? samplerName.slice('parentbased_'.length) : samplerName) as SamplerConfig['root'];
+  return Object.freeze({
+    endpoint,
+    serviceName: str(env, 'OTEL_SERVICE_NAME') ?? 'cdrom-worker',
+    headers: Object.freeze({ ...keyValues(env, 'OTEL_EXPORTER_OTLP_HEADERS'), ...keyValues(env, 'OTEL_EXPORTER_OTLP_TRACES_HEADERS') }),
+    resourceAttributes: Object.freeze(keyValues(env, 'OTEL_RESOURCE_ATTRIBUTES')),
+    sampler: Object.freeze({ root, parentBased, ratio }),
   });
 }
 

@@ -6,6 +6,7 @@ import { instrumentActivities } from './infra/instrumented-activities.js';
 import { startHttpServer, type HealthState, type HttpServer } from './infra/http.js';
 import { createLogger, type Logger } from './infra/logging.js';
 import { createMetrics, type Metrics } from './infra/metrics.js';
+import { createTracing, type Tracing } from './infra/tracing.js';
 import { UnackedCommands } from './domain/unacked-commands.js';
 import { inPlace, isCommandExecutor, type AttemptExecutor, type CommandExecutor } from './machines/executor.js';
 
@@ -22,6 +23,8 @@ export interface WorkerDeps {
   readonly failpoints: Failpoints;
   /** commands held unacknowledged, kept by the consumer: their journal records must stay */
   readonly unacked: UnackedCommands;
+  /** the command spans, for the step spans (inert when tracing is off) */
+  readonly tracing: Tracing;
 }
 
 /** What the machines give the bus. */
@@ -43,7 +46,7 @@ export type WorkerFactory = (deps: WorkerDeps) => Promise<WorkerParts>;
  * and the per-drive registry (DriveRegistry over `createActivities`). Imported lazily so
  * the CLI tools and the bus tests never load the native libvirt addon.
  */
-export const createRealWorkerParts: WorkerFactory = async ({ config, logger, metrics, failpoints, unacked }) => {
+export const createRealWorkerParts: WorkerFactory = async ({ config, logger, metrics, failpoints, unacked, tracing }) => {
   const [{ LibvirtHypervisor }, { createStorage }, { createActivities }, { DriveRegistry }, { Reconciler }, { VolumeClaims }] = await Promise.all([
     import('./infra/libvirt/libvirt.hypervisor.js'),
     import('./infra/storage/index.js'),
@@ -56,13 +59,16 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
   const storage = createStorage({ storageRoot: config.storageRoot, activation: config.lvmActivation, isoDirs: config.isoDirs, logger });
   const claims = new VolumeClaims();
   const registry = new DriveRegistry({
-    activities: instrumentActivities(createActivities({ hypervisor, storage, failpoints, claims, unacked }), metrics, { log: logger, storage }),
+    activities: instrumentActivities(createActivities({ hypervisor, storage, failpoints, claims, unacked }), metrics, { log: logger, storage, tracing }),
     concurrency: config.concurrency,
     stepTimeoutMs: config.stepTimeoutMs,
     retry: config.retry,
     claims,
     log: logger,
-    onRetry: () => metrics.retries.inc(),
+    onRetry: ({ vmId, drive, attempt, error, delayMs }) => {
+      metrics.retries.inc();
+      if (tracing.enabled) tracing.commands.spanOf(vmId, drive)?.addEvent('retry', { 'cdrom.attempt': attempt, 'error.type': error.code, 'cdrom.retry_in_ms': delayMs });
+    },
     observe: ({ settlement, durationMs }) => {
       if (settlement.kind === 'result') metrics.commandDuration.observe({ action: settlement.result.action, outcome: settlement.result.outcome }, durationMs / 1000);
     },
@@ -98,12 +104,17 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
   };
 };
 
+/** The longest shutdown waits for the last spans to be exported (an unreachable collector must not hold it). */
+const TRACING_FLUSH_MS = 5_000;
+
 export interface WorkerOptions {
   readonly config: Config;
   readonly logger?: Logger;
   readonly createParts?: WorkerFactory;
   /** Exit function of the crash failpoints; tests may replace it. */
   readonly crash?: () => never;
+  /** Replaces the tracing made from `config.tracing` (tests: an in-memory exporter). */
+  readonly tracing?: Tracing;
 }
 
 export interface WorkerHandle {
@@ -130,14 +141,18 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     health.ready = recovered && attached;
   };
 
+  const tracing = options.tracing ?? (await createTracing({ config: config.tracing, hostId: config.hostId, logger }));
+  // a tracing handed in belongs to the caller, who shuts it down
+  const closeTracing = (): Promise<void> => (options.tracing === undefined ? tracing.shutdown(TRACING_FLUSH_MS) : Promise.resolve());
   let http: HttpServer | null = null;
   if (config.httpPort !== 0) http = await startHttpServer(config.httpPort, health, metrics.registry, logger);
 
   let parts: WorkerParts;
   try {
-    parts = await (options.createParts ?? createRealWorkerParts)({ config, logger, metrics, failpoints, unacked });
+    parts = await (options.createParts ?? createRealWorkerParts)({ config, logger, metrics, failpoints, unacked, tracing });
   } catch (err) {
     await http?.close();
+    await closeTracing();
     throw err;
   }
 
@@ -200,6 +215,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       resolveRole('standby');
     },
     trustedSenders: config.trustedSenders,
+    tracing,
     onAttached: () => {
       resolveRole('active');
       attached = true;
@@ -224,6 +240,8 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
       if (!(await consumer.idle(Math.max(0, drainEnd - Date.now())))) log.warn({ inFlight: consumer.busy }, 'closing with commands unacknowledged; they will be redelivered');
       await bus.close();
       await parts.close?.().catch((err: unknown) => log.warn({ err }, 'closing adapters failed'));
+      // after the drain: the spans of the commands that finished in it go out too
+      await closeTracing();
       health.live = false;
       await http?.close();
       log.info('stopped');

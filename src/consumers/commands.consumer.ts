@@ -1,3 +1,4 @@
+import { SpanKind, SpanStatusCode, type Span } from '@opentelemetry/api';
 import type { Channel, ConsumeMessage } from 'amqplib';
 import { decodeCommand } from '../contracts/command.decode.js';
 import type { ChangeCdCommand } from '../contracts/schemas.js';
@@ -7,6 +8,7 @@ import type { UnackedCommands } from '../domain/unacked-commands.js';
 import { NO_FAILPOINTS, type Failpoints } from '../infra/failpoints.js';
 import type { Logger } from '../infra/logging.js';
 import type { Metrics } from '../infra/metrics.js';
+import { NO_TRACING, recordFailure, type Tracing } from '../infra/tracing.js';
 import type { CommandExecutor } from '../machines/executor.js';
 import type { Bus, BusSession } from './connection.js';
 import { EventPublisher, exhaustedEvent, rejectedEvent, resultEvent, type ReplyTarget } from './events.publisher.js';
@@ -40,6 +42,8 @@ export interface CommandConsumerDeps {
   readonly standbyPollMs?: number;
   /** CDROM_TRUSTED_SENDERS: broker users whose commands are run; null or absent: anyone's. */
   readonly trustedSenders?: readonly string[] | null;
+  /** One CONSUMER span per delivery, continuing the sender's trace; default: off. */
+  readonly tracing?: Tracing;
 }
 
 /** `ack`: acknowledge now; `done`: already acknowledged; `leave`: left for redelivery. */
@@ -61,12 +65,14 @@ export class CommandConsumer {
   private idleWaiters: Array<() => void> = [];
 
   private readonly lock: HostLock;
+  private readonly tracing: Tracing;
 
   constructor(private readonly deps: CommandConsumerDeps) {
     this.log = deps.logger.child({ component: 'commands-consumer' });
     this.events = new EventPublisher(deps.bus, deps.hostId, { logger: deps.logger, metrics: deps.metrics });
     this.failpoints = deps.failpoints ?? NO_FAILPOINTS;
     this.lock = new HostLock(deps.hostId, this.log, deps.standbyPollMs ?? 2000);
+    this.tracing = deps.tracing ?? NO_TRACING;
   }
 
   /**
@@ -138,15 +144,19 @@ export class CommandConsumer {
     if (this.stopping) return; // not acked: the broker redelivers it
     this.inFlight++;
     this.deps.metrics?.inFlight.inc();
-    this.handle(session, ch, msg)
+    const span = this.tracing.enabled ? this.startSpan(msg) : null;
+    this.handle(session, ch, msg, span)
       .then((settle) => {
         if (settle === 'ack') this.ack(session, ch, msg);
+        if (settle === 'leave') span?.setAttribute('cdrom.settlement', 'abandoned');
       })
       .catch((err: unknown) => {
         // Only a closed bus gets here: the message stays unacked and is redelivered.
         this.log.warn({ err }, 'message left unacknowledged');
+        if (span !== null) recordFailure(span, err);
       })
       .finally(() => {
+        span?.end();
         this.inFlight--;
         this.deps.metrics?.inFlight.dec();
         if (this.inFlight === 0) {
@@ -155,6 +165,42 @@ export class CommandConsumer {
           for (const f of w) f();
         }
       });
+  }
+
+  /**
+   * The delivery's CONSUMER span (messaging semantic conventions, RabbitMQ), child of the
+   * trace context the sender put in the headers. It stays open until the ack (or until
+   * the delivery is abandoned), through every retry of the command.
+   */
+  private startSpan(msg: ConsumeMessage): Span {
+    const exchange = msg.fields.exchange;
+    const queue = commandsQueue(this.deps.hostId);
+    const messageId = optString(msg.properties.messageId);
+    const correlationId = optString(msg.properties.correlationId);
+    const parent = this.tracing.extract(msg.properties.headers as Readonly<Record<string, unknown>> | undefined);
+    return this.tracing.tracer.startSpan(
+      `process ${exchange === '' ? queue : exchange}`,
+      {
+        kind: SpanKind.CONSUMER,
+        attributes: {
+          'messaging.system': 'rabbitmq',
+          'messaging.operation.type': 'process',
+          'messaging.operation.name': 'process',
+          // the name before semconv 1.26, still what many backends group by
+          'messaging.operation': 'process',
+          'messaging.destination.name': exchange,
+          'messaging.destination.subscription.name': queue,
+          'messaging.rabbitmq.destination.routing_key': msg.fields.routingKey,
+          'messaging.rabbitmq.message.delivery_tag': msg.fields.deliveryTag,
+          'messaging.message.body.size': msg.content.length,
+          ...(messageId !== undefined ? { 'messaging.message.id': messageId } : {}),
+          ...(correlationId !== undefined ? { 'messaging.message.conversation_id': correlationId } : {}),
+          ...(msg.fields.redelivered ? { 'cdrom.redelivered': true } : {}),
+          'cdrom.host_id': this.deps.hostId,
+        },
+      },
+      parent,
+    );
   }
 
   /** True when the ack went out on the delivery's live channel. */
@@ -174,7 +220,7 @@ export class CommandConsumer {
     }
   }
 
-  private async handle(session: BusSession, ch: Channel, msg: ConsumeMessage): Promise<Settle> {
+  private async handle(session: BusSession, ch: Channel, msg: ConsumeMessage, span: Span | null): Promise<Settle> {
     const reply: ReplyTarget = { replyTo: optString(msg.properties.replyTo), correlationId: optString(msg.properties.correlationId) };
     // CONTRACT §3 v1.1: who sent it is checked first, whatever the body says.
     const decoded = unauthorizedSender(msg, this.deps.trustedSenders ?? null) ?? decodeCommand(msg.content);
@@ -184,8 +230,14 @@ export class CommandConsumer {
       // An untrusted sender's reply_to is not followed: the worker would write, as itself,
       // into whatever queue it names.
       const answer = rejection.code === 'UNAUTHORIZED_SENDER' ? { correlationId: reply.correlationId } : reply;
+      if (span !== null) {
+        // only ids the decoder found valid: an untrusted body's claims are not recorded as facts
+        if (rejection.ids.commandId !== null && rejection.code !== 'UNAUTHORIZED_SENDER') span.setAttribute('cdrom.command_id', rejection.ids.commandId);
+        span.setAttributes({ 'cdrom.outcome': 'rejected', 'cdrom.dead_lettered': true, 'error.type': rejection.code });
+        span.setStatus({ code: SpanStatusCode.ERROR, message: rejection.code });
+      }
       await Promise.all([
-        this.events.publish(rejectedEvent(this.deps.hostId, rejection, new Date()), answer),
+        this.events.publish(rejectedEvent(this.deps.hostId, rejection, new Date()), answer, span === null ? undefined : this.tracing.inject(span)),
         this.deadLetter(msg, { code: rejection.code, message: rejection.message, retryable: false }),
       ]);
       this.deps.metrics?.commands.inc({ outcome: 'rejected', action: 'none' });
@@ -194,9 +246,21 @@ export class CommandConsumer {
     }
     const { command } = decoded;
     this.deps.unacked?.delivered(command.commandId);
-    const settle = await this.run(command, msg, reply, session, ch);
-    if (settle === 'leave') this.deps.unacked?.abandoned(command.commandId);
-    return settle;
+    if (span === null) {
+      const settle = await this.run(command, msg, reply, session, ch, null);
+      if (settle === 'leave') this.deps.unacked?.abandoned(command.commandId);
+      return settle;
+    }
+    span.setAttributes({ 'cdrom.command_id': command.commandId, 'cdrom.vm_id': command.vmId, 'cdrom.drive': command.drive, 'cdrom.media': mediaKind(command.media) });
+    // The steps find the span through the command's drive (tracing.ts, CommandSpans).
+    this.tracing.commands.begin(command.vmId, command.drive, command.commandId, span);
+    try {
+      const settle = await this.run(command, msg, reply, session, ch, span);
+      if (settle === 'leave') this.deps.unacked?.abandoned(command.commandId);
+      return settle;
+    } finally {
+      this.tracing.commands.end(command.vmId, command.drive, command.commandId, span);
+    }
   }
 
   /**
@@ -204,7 +268,7 @@ export class CommandConsumer {
    * `settle` inside the drive's turn: the event (confirmed), the dead letter when the
    * budget is spent, then the ack, so the drive's next command starts only after all that.
    */
-  private async run(cmd: ChangeCdCommand, msg: ConsumeMessage, reply: ReplyTarget, session: BusSession, ch: Channel): Promise<Settle> {
+  private async run(cmd: ChangeCdCommand, msg: ConsumeMessage, reply: ReplyTarget, session: BusSession, ch: Channel, span: Span | null): Promise<Settle> {
     // bound per call, not with a child logger per command (a child serialises its bindings up front)
     const ids = { commandId: cmd.commandId, vmId: cmd.vmId, drive: cmd.drive };
     const outcome = await this.deps.executor.submit(cmd, {
@@ -212,9 +276,17 @@ export class CommandConsumer {
       // Stopping does not end a delivery: a running attempt's result is still settled.
       live: () => session.alive,
       settle: async (final) => {
+        const headers = span === null ? undefined : this.tracing.inject(span);
         if (final.kind === 'result') {
-          await this.events.publish(resultEvent(this.deps.hostId, cmd, final.result, final.startedAt, final.finishedAt), reply);
           const r = final.result;
+          if (span !== null) {
+            span.setAttributes({ 'cdrom.outcome': r.outcome, 'cdrom.action': r.action, 'cdrom.replayed': final.replayed });
+            if (r.error !== null) {
+              span.setAttribute('error.type', r.error.code);
+              span.setStatus({ code: SpanStatusCode.ERROR, message: r.error.code });
+            }
+          }
+          await this.events.publish(resultEvent(this.deps.hostId, cmd, r, final.startedAt, final.finishedAt), reply, headers);
           this.log.info(
             { ...ids, outcome: r.outcome, action: r.action, replayed: final.replayed, durationMs: final.finishedAt.getTime() - final.startedAt.getTime(), warnings: r.warnings.length > 0 ? r.warnings : undefined, err: r.error ?? undefined },
             'command finished',
@@ -222,8 +294,12 @@ export class CommandConsumer {
           this.deps.metrics?.commands.inc({ outcome: r.outcome, action: r.action });
         } else {
           this.log.error({ ...ids, err: final.error, attempts: final.attempts, limit: this.deps.retry.limit }, 'command given up; dead-lettering');
+          if (span !== null) {
+            span.setAttributes({ 'cdrom.outcome': 'failed', 'cdrom.action': final.attempt?.action ?? 'none', 'cdrom.dead_lettered': true, 'cdrom.attempts': final.attempts, 'error.type': final.error.code });
+            span.setStatus({ code: SpanStatusCode.ERROR, message: final.error.code });
+          }
           await Promise.all([
-            this.events.publish(exhaustedEvent(this.deps.hostId, cmd, final.error, final.startedAt, final.finishedAt, final.attempt), reply),
+            this.events.publish(exhaustedEvent(this.deps.hostId, cmd, final.error, final.startedAt, final.finishedAt, final.attempt), reply, headers),
             this.deadLetter(msg, final.error),
           ]);
           this.deps.metrics?.commands.inc({ outcome: 'failed', action: final.attempt?.action ?? 'none' });
@@ -242,4 +318,9 @@ export class CommandConsumer {
   private deadLetter(msg: ConsumeMessage, error: ErrorInfo): Promise<void> {
     return this.deps.bus.publish(DEAD_EXCHANGE, this.deps.hostId, msg.content, deadLetterOptions(msg.properties, error));
   }
+}
+
+function mediaKind(media: ChangeCdCommand['media']): string {
+  if (media === null) return 'eject';
+  return 'path' in media ? 'path' : 'pdiv';
 }

@@ -126,11 +126,13 @@ export class EventPublisher {
   /**
    * Resolves once the `cdrom.events` copy is confirmed by the broker. The reply_to copy
    * goes out alongside, best effort: it is neither waited for nor retried
-   * (reply.publisher.ts), so it never delays or fails the ack.
+   * (reply.publisher.ts), so it never delays or fails the ack. `headers` go on both copies.
    */
-  async publish(event: ResultEvent, reply: ReplyTarget = {}): Promise<void> {
+  async publish(event: ResultEvent, reply: ReplyTarget = {}, headers?: Readonly<Record<string, string>>): Promise<void> {
     const body = Buffer.from(JSON.stringify(event));
     const props = eventProperties(event, reply);
+    // the trace context (traceparent), so whoever consumes the event continues the command's trace
+    if (headers !== undefined) props.headers = { ...headers };
     if (reply.replyTo) this.replies.send({ replyTo: reply.replyTo, commandId: event.commandId, correlationId: reply.correlationId }, body, props);
     await this.bus.publish(EVENTS_EXCHANGE, eventRoutingKey(this.hostId, outcomeOf(event)), body, props);
   }

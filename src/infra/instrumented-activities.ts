@@ -1,10 +1,13 @@
+import { ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api';
 import type { Logger } from './logging.js';
 import type { Metrics, Step } from './metrics.js';
+import { recordFailure, type Tracing } from './tracing.js';
 
 /**
  * A decorator over the CD-ROM machine's activities: times every effect step into
  * `cdrom_step_duration_seconds`, logs it (debug when it worked, warn when it threw) with
- * the command's ids, and keeps `cdrom_active_volumes` in line with the storage adapter.
+ * the command's ids, keeps `cdrom_active_volumes` in line with the storage adapter, and
+ * (tracing on) makes each step of a traced command a child span of the command's span.
  *
  * The shapes below are structural on purpose: infra does not import the machines'
  * types, and whatever has these methods can be instrumented.
@@ -26,6 +29,7 @@ export interface StepActivities {
   prepareVolume(input: DriveInput & { readonly media: MediaLike }): Promise<{ readonly diskType: string }>;
   updateDevice(input: DriveInput): Promise<unknown>;
   teardownVolume(input: DriveInput & { readonly media: MediaLike }): Promise<unknown>;
+  forgetCommand(input: DriveInput & { readonly commandId: string }): Promise<unknown>;
 }
 
 export interface InstrumentOptions {
@@ -38,6 +42,8 @@ export interface InstrumentOptions {
    * stream of commands the gauge lags by at most this much instead of listing nonstop.
    */
   readonly refreshIntervalMs?: number;
+  /** Step spans under the command spans the consumer opened; none without it (or when off). */
+  readonly tracing?: Tracing;
 }
 
 /** Drives remembered before the oldest go. */
@@ -144,38 +150,68 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
     }
   }
 
+  // Off (no tracing, or no SDK): the step runs as it is, not even a lookup.
+  const tracing = options.tracing?.enabled === true ? options.tracing : null;
+  const span = tracing === null ? <T>(_name: string, _input: DriveInput, run: () => Promise<T>): Promise<T> => run() : spanned(tracing);
+
   refreshActive();
 
   return {
     ...activities,
     inspect: async (input) => {
       remember(commandOf, driveKey(input), { vmId: input.vmId, drive: input.drive, commandId: input.commandId });
-      return activities.inspect(input);
+      tracing?.commands.enter(input.vmId, input.drive, input.commandId);
+      return span('inspect', input, () => activities.inspect(input));
     },
     recover: async (input) => {
       try {
-        return await activities.recover(input);
+        return await span('recover', input, () => activities.recover(input));
       } finally {
         refreshActive();
       }
     },
-    editMetadata: (input) => timed('metadata', idsOfDrive(input), () => activities.editMetadata(input)),
-    writeJournal: (input) => timed('journal', { commandId: input.record.commandId, vmId: input.vmId, drive: input.drive }, () => activities.writeJournal(input)),
+    forgetCommand: (input) => span('forgetCommand', input, () => activities.forgetCommand(input)),
+    editMetadata: (input) => span('editMetadata', input, () => timed('metadata', idsOfDrive(input), () => activities.editMetadata(input))),
+    writeJournal: (input) => span('writeJournal', input, () => timed('journal', { commandId: input.record.commandId, vmId: input.vmId, drive: input.drive }, () => activities.writeJournal(input))),
     prepareVolume: (input) =>
-      timed('prepare', idsOfVolume(input), () => activities.prepareVolume(input)).then((prepared) => {
+      span('prepareVolume', input, () => timed('prepare', idsOfVolume(input), () => activities.prepareVolume(input))).then((prepared) => {
         if (prepared.diskType === 'block') {
           noteVolume(input.media, true);
           refreshActive();
         }
         return prepared;
       }),
-    updateDevice: (input) => timed('update', idsOfDrive(input), () => activities.updateDevice(input)),
+    updateDevice: (input) => span('updateDevice', input, () => timed('update', idsOfDrive(input), () => activities.updateDevice(input))),
     teardownVolume: (input) =>
-      timed('teardown', idsOfVolume(input), () => activities.teardownVolume(input))
+      span('teardownVolume', input, () => timed('teardown', idsOfVolume(input), () => activities.teardownVolume(input)))
         .then((res) => {
           if (res === 'done') noteVolume(input.media, false);
           return res;
         })
         .finally(refreshActive),
+  };
+}
+
+/**
+ * A step as a child span of its command's span, found through the step's drive
+ * (`CommandSpans`: the context cannot flow through the machine's actors). A step with
+ * no traced command (a background reconciliation) runs without a span.
+ */
+function spanned(tracing: Tracing) {
+  return <T>(name: string, input: DriveInput, run: () => Promise<T>): Promise<T> => {
+    const parent = tracing.commands.spanOf(input.vmId, input.drive);
+    if (parent === undefined) return run();
+    const span = tracing.tracer.startSpan(`cdrom.step ${name}`, { kind: SpanKind.INTERNAL, attributes: { 'cdrom.step': name, 'cdrom.vm_id': input.vmId, 'cdrom.drive': input.drive } }, trace.setSpan(ROOT_CONTEXT, parent));
+    return run().then(
+      (out) => {
+        span.end();
+        return out;
+      },
+      (err: unknown) => {
+        recordFailure(span, err);
+        span.end();
+        throw err;
+      },
+    );
   };
 }
