@@ -177,7 +177,7 @@ export class CommandConsumer {
     const queue = commandsQueue(this.deps.hostId);
     const messageId = optString(msg.properties.messageId);
     const correlationId = optString(msg.properties.correlationId);
-    const parent = this.tracing.extract(msg.properties.headers as Readonly<Record<string, unknown>> | undefined);
+    const parent = this.tracing.extract(msg.properties.headers);
     return this.tracing.tracer.startSpan(
       `process ${exchange === '' ? queue : exchange}`,
       {
