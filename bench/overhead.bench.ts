@@ -4,6 +4,7 @@ import { VmMetadata } from '../src/domain/metadata/ovirt-vm.metadata.js';
 import { OVIRT_VM_NS, type HypervisorPort, type StoragePort } from '../src/domain/ports.js';
 import { argInt, median, quantile, round, runSection, sleep, withTimeout, type Cleanup } from './lib/common.js';
 import { BenchStorage, BenchVms, takeHostLock, type BenchVm } from './lib/real-env.js';
+import { startTraceSink } from './lib/trace-sink.js';
 import { startRealWorker, type RealWorker, type StepName } from './lib/real-worker.js';
 
 /**
@@ -14,11 +15,14 @@ import { startRealWorker, type RealWorker, type StepName } from './lib/real-work
  * makes (begin: old spec ejecting + new spec loading; after the load: new spec's state
  * removed; final: old spec removed), prepareVolume, updateDevice, teardownVolume of the
  * old volume. Both alternate A↔B in batches
- * (who goes first alternates too) so they see the same machine load.
+ * (who goes first alternates too) so they see the same machine load. With `--tracing 1`
+ * the worker traces every command (OTLP/HTTP export to a local sink, bench/lib/trace-sink.ts).
  */
 
 export interface OverheadResult {
   readonly changes: number;
+  /** tracing on: spans exported over OTLP/HTTP to a local sink (absent in older results: off) */
+  readonly tracing?: { readonly exports: number; readonly kb: number };
   readonly batch: number;
   readonly vmsUsed: number;
   readonly worker: { p50: number; p99: number; mean: number };
@@ -37,6 +41,7 @@ const BATCH = argInt(argv, 'batch', 10);
 /** libvirtd was seen to hang after ~500 changes on one TCG VM: a fresh VM after this many */
 const PER_VM = argInt(argv, 'per-vm', 150);
 const STEP_TIMEOUT = 60_000;
+const TRACING = argInt(argv, 'tracing', 0) === 1;
 
 interface DirectTimes {
   total: number;
@@ -101,11 +106,13 @@ async function directChange(h: HypervisorPort, s: StoragePort, forms: MetadataFo
   return t;
 }
 
-export async function overhead(cleanup: Cleanup, opts: { changes: number; batch: number; perVm: number }): Promise<OverheadResult> {
+export async function overhead(cleanup: Cleanup, opts: { changes: number; batch: number; perVm: number; tracing?: boolean }): Promise<OverheadResult> {
   await takeHostLock(cleanup, 900_000);
   const st = await BenchStorage.create(2, cleanup);
   const vms = await BenchVms.open(cleanup);
-  const w: RealWorker = await startRealWorker(st, cleanup, { concurrency: 16 });
+  const sink = opts.tracing === true ? await startTraceSink() : null;
+  if (sink !== null) cleanup.add('trace sink', () => sink.close());
+  const w: RealWorker = await startRealWorker(st, cleanup, { concurrency: 16, ...(sink === null ? {} : { otlpEndpoint: sink.url }) });
   const A = st.pdiv(0);
   const B = st.pdiv(1);
   const other = (p: Pdiv | null): Pdiv => (p?.volumeID === A.volumeID ? B : A);
@@ -189,6 +196,7 @@ export async function overhead(cleanup: Cleanup, opts: { changes: number; batch:
   for (const k of ['metadata', 'prepare', 'update', 'teardown'] as const) directSteps[k] = round(median(dSteps.map((t) => t[k])));
   return {
     changes: opts.changes,
+    ...(sink === null ? {} : { tracing: { exports: sink.stats.requests, kb: round(sink.stats.bytes / 1024, 0) } }),
     batch: opts.batch,
     vmsUsed,
     worker: wStat,
@@ -201,5 +209,5 @@ export async function overhead(cleanup: Cleanup, opts: { changes: number; batch:
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  await runSection('overhead', (cleanup) => overhead(cleanup, { changes: CHANGES, batch: BATCH, perVm: PER_VM }));
+  await runSection('overhead', (cleanup) => overhead(cleanup, { changes: CHANGES, batch: BATCH, perVm: PER_VM, tracing: TRACING }));
 }

@@ -23,9 +23,12 @@ import type { HungResult } from './hung.bench.js';
  *   npm run bench -- --only overhead,memory
  *   npm run bench -- hung               the same: sections named as arguments
  *   npm run bench -- --profile         also node --cpu-prof of overhead and throughput
+ *   npm run bench -- --only overhead,throughput --tracing
+ *                                      also runs them with tracing on (OTLP/HTTP to a local
+ *                                      sink): overhead-tracing, throughput-tracing
  *   npm run bench -- --only memory --in-process   the memory sections with the fakes in
  *                                      the worker's process (default: their own process)
- *   BENCH_QUICK=1, BENCH_ONLY=…, BENCH_PROFILE=1 do the same; BENCH_NO_LOCK=1 skips the
+ *   BENCH_QUICK=1, BENCH_ONLY=…, BENCH_PROFILE=1, BENCH_TRACING=1 do the same; BENCH_NO_LOCK=1 skips the
  *   end-to-end lock (faster while others run e2e tests, but their workers may then
  *   reconcile the bench VMs mid-change).
  * Counts can be overridden per section, e.g. `--overhead-changes 300 --parallel-per-vm 50`.
@@ -38,7 +41,8 @@ const argv = process.argv.slice(2);
 const quick = argv.includes('--quick') || process.env['BENCH_QUICK'] === '1';
 const profile = argv.includes('--profile') || process.env['BENCH_PROFILE'] === '1';
 const fakesInProcess = argv.includes('--in-process');
-const SECTION_NAMES = ['overhead', 'throughput', 'recovery', 'memory', 'memory-ttl0', 'parallel', 'hung'] as const;
+const tracing = argv.includes('--tracing') || process.env['BENCH_TRACING'] === '1';
+const SECTION_NAMES = ['overhead', 'throughput', 'recovery', 'memory', 'memory-ttl0', 'parallel', 'hung', 'overhead-tracing', 'throughput-tracing'] as const;
 const named = argv.filter((a, i) => (SECTION_NAMES as readonly string[]).includes(a) && argv[i - 1] !== '--only');
 const only = [...(argValue(argv, 'only') ?? process.env['BENCH_ONLY'] ?? '').split(',').filter(Boolean), ...named];
 const out = argValue(argv, 'out') ?? join(BENCH, quick ? 'results.quick.json' : 'results.json');
@@ -47,6 +51,8 @@ type SectionName = (typeof SECTION_NAMES)[number];
 
 interface Section {
   readonly name: SectionName;
+  /** a variant of this section (same counts, same `--<base>-<arg>` overrides) */
+  readonly base?: SectionName;
   readonly file: string;
   readonly args: Record<string, number>;
   readonly nodeFlags?: readonly string[];
@@ -61,6 +67,9 @@ const SECTIONS: readonly Section[] = [
   { name: 'memory-ttl0', file: 'memory.bench.ts', args: quick ? { commands: 5000, drives: 2500, 'idle-ttl': 0 } : { commands: 20_000, drives: 10_000, 'idle-ttl': 0 }, nodeFlags: ['--expose-gc'], compiled: true },
   { name: 'recovery', file: 'recovery.bench.ts', args: quick ? { domains: 1000, 'real-vms': 3, rounds: 2 } : { domains: 1000, 'real-vms': 10, rounds: 5 } },
   { name: 'overhead', file: 'overhead.bench.ts', args: quick ? { changes: 20, batch: 5, 'per-vm': 150 } : { changes: 200, batch: 10, 'per-vm': 150 }, profiled: true },
+  // --tracing: items 1 and 2 again with every command traced (run after the untraced ones)
+  { name: 'overhead-tracing', base: 'overhead', file: 'overhead.bench.ts', args: quick ? { changes: 20, batch: 5, 'per-vm': 150, tracing: 1 } : { changes: 200, batch: 10, 'per-vm': 150, tracing: 1 } },
+  { name: 'throughput-tracing', base: 'throughput', file: 'throughput.run.ts', args: quick ? { total: 5000, drives: 1000, concurrency: 16, rounds: 1, tracing: 1 } : { total: 20_000, drives: 1000, concurrency: 16, rounds: 3, tracing: 1 } },
   { name: 'parallel', file: 'parallel.bench.ts', args: quick ? { vms: 4, 'per-vm': 10, round: 5 } : { vms: 8, 'per-vm': 100, round: 10 } },
   { name: 'hung', file: 'hung.bench.ts', args: { changes: quick ? 30 : 40, 'hang-ms': 25_000, 'step-timeout-ms': 2000 } },
 ];
@@ -94,7 +103,7 @@ function compileBench(): Promise<void> {
 async function runChild(s: Section): Promise<{ result: unknown; profile?: { totalMs: number; idleMs: number; entries: ProfileEntry[] } }> {
   const args: string[] = [];
   for (const [k, v] of Object.entries(s.args)) {
-    const override = argValue(argv, `${s.name}-${k}`);
+    const override = argValue(argv, `${s.name}-${k}`) ?? (s.base === undefined ? undefined : argValue(argv, `${s.base}-${k}`));
     args.push(`--${k}`, override ?? String(v));
   }
   if (fakesInProcess && s.file === 'memory.bench.ts') args.push('--in-process');
@@ -144,10 +153,21 @@ function rows(r: Partial<Record<SectionName, unknown>>): Row[] {
     const dsteps = Object.entries(o.directSteps).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ');
     out.push({ item: '1 overhead', metric: 'breakdown, median ms per change', value: `worker: ${steps}`, baseline: `direct: ${dsteps}`, target: '', pass: null });
   }
+  const ot = r['overhead-tracing'] as OverheadResult | undefined;
+  if (ot) {
+    const off = o === undefined ? '' : ` (off: ${ms(o.addedP50)} / ${ms(o.addedP99)})`;
+    out.push({ item: '1 overhead', metric: `tracing on: change A↔B, p50 / p99 (n=${ot.changes}; OTLP/HTTP to a local sink, ${ot.tracing?.exports ?? 0} exports)`, value: `${ms(ot.worker.p50)} / ${ms(ot.worker.p99)}`, baseline: `${ms(ot.direct.p50)} / ${ms(ot.direct.p99)} direct`, target: '', pass: null });
+    out.push({ item: '1 overhead', metric: 'tracing on: added by the worker at p50 / p99', value: `${ms(ot.addedP50)} / ${ms(ot.addedP99)}`, baseline: off, target: '≤ 5 / ≤ 15 ms', pass: ot.addedP50 <= 5 && ot.addedP99 <= 15 });
+  }
   const t = r.throughput as ThroughputResult | undefined;
   if (t) {
     out.push({ item: '2 throughput', metric: `${t.commands} commands, ${t.drives} drives, concurrency ${t.concurrency} (fakes)`, value: `${t.workerPerSec.toFixed(0)}/s`, baseline: `${t.barePerSec.toFixed(0)}/s bare loop`, target: '≥ 3,000/s', pass: t.workerPerSec >= 3000 });
     out.push({ item: '2 throughput', metric: 'worker / bare amqplib loop', value: t.ratio.toFixed(2), baseline: '', target: '≥ 0.5', pass: t.ratio >= 0.5 });
+  }
+  const tt = (r['throughput-tracing'] as ThroughputResult | undefined)?.tracing;
+  if (tt) {
+    out.push({ item: '2 throughput', metric: `tracing on: instrumented worker, every command traced (OTLP/HTTP to a local sink, ${tt.exports} exports, ${tt.kb} KiB)`, value: `${tt.tracedPerSec.toFixed(0)}/s`, baseline: `${tt.untracedPerSec.toFixed(0)}/s untraced, same rounds`, target: '≥ 3,000/s', pass: tt.tracedPerSec >= 3000 });
+    out.push({ item: '2 throughput', metric: 'tracing on / off', value: tt.ratio.toFixed(2), baseline: '', target: 'report', pass: null });
   }
   const rec = r.recovery as RecoveryResult | undefined;
   if (rec) {
@@ -192,7 +212,10 @@ function table(rs: Row[]): string {
   return lines.join('\n');
 }
 
-const selected = SECTIONS.filter((s) => only.length === 0 || only.includes(s.name) || (s.name === 'memory-ttl0' && only.includes('memory')));
+const wanted = (name: SectionName): boolean => only.length === 0 || only.includes(name);
+const selected = SECTIONS.filter((s) =>
+  s.base !== undefined ? only.includes(s.name) || (tracing && wanted(s.base)) : wanted(s.name) || (s.name === 'memory-ttl0' && only.includes('memory')),
+);
 const started = new Date();
 const sweeper = new Cleanup();
 const swept = await sweepLeftovers(sweeper).catch((err: unknown) => {

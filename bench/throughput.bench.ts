@@ -3,6 +3,7 @@ import { connect, type ChannelModel, type ConfirmChannel } from 'amqplib';
 import { loadConfig } from '../src/config.js';
 import { COMMANDS_EXCHANGE, EVENTS_EXCHANGE, commandsQueue, removeHostQueues } from '../src/consumers/topology.js';
 import { OVIRT_VM_NS } from '../src/domain/ports.js';
+import { instrumentActivities } from '../src/infra/instrumented-activities.js';
 import { silentLogger } from '../src/infra/logging.js';
 import { createActivities } from '../src/machines/cdrom.activities.js';
 import { DriveRegistry } from '../src/machines/drive.registry.js';
@@ -10,11 +11,16 @@ import { startWorker } from '../src/main.js';
 import { FakeHypervisor } from '../test/fakes/hypervisor.fake.js';
 import { FakeStorage } from '../test/fakes/storage.fake.js';
 import { EMPTY_MD, ISO_A, ISO_B } from '../test/support/world.js';
+import { startTraceSink, type TraceSink } from './lib/trace-sink.js';
 
 /**
  * Throughput of the worker itself: the real broker, the real consumer, registry and
  * machine, over the fake hypervisor and storage — against a bare amqplib consume →
  * publish-with-confirm → ack loop on the same broker, in the same run.
+ *
+ * With `tracing`, each round also runs the worker as production does (activities
+ * instrumented for metrics and step spans) twice: untraced, and tracing every command
+ * over OTLP/HTTP to a local sink; the difference is what tracing costs.
  */
 
 const AMQP = process.env['CDROM_AMQP_URL'] ?? 'amqp://guest:guest@127.0.0.1:5672';
@@ -27,7 +33,12 @@ export interface ThroughputResult {
   readonly barePerSec: number;
   readonly ratio: number;
   readonly rssMb: number;
+  /** with `tracing`: instrumented workers, untraced vs traced, same rounds (medians) */
+  readonly tracing?: { readonly untracedPerSec: number; readonly tracedPerSec: number; readonly ratio: number; readonly exports: number; readonly kb: number };
 }
+
+/** `plain`: the registry over bare activities (item 2 as it always was); else instrumented as in production, traced or not. */
+type WorkerMode = { readonly kind: 'plain' } | { readonly kind: 'instrumented' } | { readonly kind: 'traced'; readonly sink: TraceSink };
 
 async function publishAll(ch: ConfirmChannel, hostId: string, bodies: Buffer[]): Promise<void> {
   for (let i = 0; i < bodies.length; i++) {
@@ -74,7 +85,7 @@ function commands(total: number, drives: number): { bodies: Buffer[]; vmIds: str
 }
 
 /** The worker over the fakes; returns commands/s from the first publish to the last event. */
-export async function workerRun(total: number, drives: number, concurrency: number): Promise<{ perSec: number; rssMb: number }> {
+export async function workerRun(total: number, drives: number, concurrency: number, mode: WorkerMode = { kind: 'plain' }): Promise<{ perSec: number; rssMb: number }> {
   const hostId = `bench-${randomBytes(4).toString('hex')}`;
   const hv = new FakeHypervisor();
   const storage = new FakeStorage();
@@ -82,9 +93,23 @@ export async function workerRun(total: number, drives: number, concurrency: numb
   storage.addVolume(ISO_B);
   const { bodies, vmIds } = commands(total, drives);
   for (const vmId of vmIds) hv.addVm(vmId, { metadata: { [OVIRT_VM_NS.uri]: EMPTY_MD } });
-  const config = loadConfig({ CDROM_HOST_ID: hostId, CDROM_AMQP_URL: AMQP, CDROM_HTTP_PORT: '0', CDROM_CONCURRENCY: String(concurrency), CDROM_LOG_LEVEL: 'silent' });
-  const registry = new DriveRegistry({ activities: createActivities({ hypervisor: hv, storage }), concurrency, stepTimeoutMs: 60_000, log: silentLogger() });
-  const worker = await startWorker({ config, logger: silentLogger(), createParts: () => Promise.resolve({ executor: registry }) });
+  const config = loadConfig({
+    CDROM_HOST_ID: hostId,
+    CDROM_AMQP_URL: AMQP,
+    CDROM_HTTP_PORT: '0',
+    CDROM_CONCURRENCY: String(concurrency),
+    CDROM_LOG_LEVEL: 'silent',
+    ...(mode.kind === 'traced' ? { OTEL_EXPORTER_OTLP_ENDPOINT: mode.sink.url } : {}),
+  });
+  const worker = await startWorker({
+    config,
+    logger: silentLogger(),
+    createParts: ({ metrics, tracing }) => {
+      const bare = createActivities({ hypervisor: hv, storage });
+      const activities = mode.kind === 'plain' ? bare : instrumentActivities(bare, metrics, { tracing });
+      return Promise.resolve({ executor: new DriveRegistry({ activities, concurrency, stepTimeoutMs: 60_000, log: silentLogger() }) });
+    },
+  });
   const model = await connect(AMQP, { noDelay: true });
   try {
     const counter = await eventCounter(model, hostId, total);
@@ -135,18 +160,32 @@ export async function bareRun(total: number, drives: number, concurrency: number
   }
 }
 
-export async function throughput(opts: { total: number; drives: number; concurrency: number; rounds: number }): Promise<ThroughputResult> {
+export async function throughput(opts: { total: number; drives: number; concurrency: number; rounds: number; tracing?: boolean }): Promise<ThroughputResult> {
   const w: number[] = [];
   const b: number[] = [];
+  const untraced: number[] = [];
+  const traced: number[] = [];
+  const sink = opts.tracing === true ? await startTraceSink() : null;
   let rss = 0;
-  for (let i = 0; i < opts.rounds; i++) {
-    b.push(await bareRun(opts.total, opts.drives, opts.concurrency));
-    const r = await workerRun(opts.total, opts.drives, opts.concurrency);
-    w.push(r.perSec);
-    rss = Math.max(rss, r.rssMb);
+  try {
+    for (let i = 0; i < opts.rounds; i++) {
+      b.push(await bareRun(opts.total, opts.drives, opts.concurrency));
+      const r = await workerRun(opts.total, opts.drives, opts.concurrency);
+      w.push(r.perSec);
+      rss = Math.max(rss, r.rssMb);
+      if (sink !== null) {
+        // who goes first alternates, so neither always runs on the warmer process
+        const runs: WorkerMode[] = i % 2 === 0 ? [{ kind: 'instrumented' }, { kind: 'traced', sink }] : [{ kind: 'traced', sink }, { kind: 'instrumented' }];
+        for (const mode of runs) (mode.kind === 'traced' ? traced : untraced).push((await workerRun(opts.total, opts.drives, opts.concurrency, mode)).perSec);
+      }
+    }
+  } finally {
+    await sink?.close();
   }
   const med = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)] as number;
-  return { commands: opts.total, drives: opts.drives, concurrency: opts.concurrency, workerPerSec: med(w), barePerSec: med(b), ratio: med(w) / med(b), rssMb: rss };
+  const result: ThroughputResult = { commands: opts.total, drives: opts.drives, concurrency: opts.concurrency, workerPerSec: med(w), barePerSec: med(b), ratio: med(w) / med(b), rssMb: rss };
+  if (sink === null) return result;
+  return { ...result, tracing: { untracedPerSec: med(untraced), tracedPerSec: med(traced), ratio: med(traced) / med(untraced), exports: sink.stats.requests, kb: Math.round(sink.stats.bytes / 1024) } };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

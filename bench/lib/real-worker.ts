@@ -70,7 +70,7 @@ export interface RealWorker {
 export async function startRealWorker(
   st: BenchStorage,
   cleanup: Cleanup,
-  opts: { concurrency?: number; logger?: Logger; stepTimeoutMs?: number; retry?: { limit: number; baseMs: number; maxMs: number } } = {},
+  opts: { concurrency?: number; logger?: Logger; stepTimeoutMs?: number; retry?: { limit: number; baseMs: number; maxMs: number }; otlpEndpoint?: string } = {},
 ): Promise<RealWorker> {
   const hostId = `bench-${process.pid}-${randomBytes(3).toString('hex')}`;
   const hypervisor = await LibvirtHypervisor.open({ uri: LIBVIRT_URI });
@@ -89,6 +89,8 @@ export async function startRealWorker(
     CDROM_STEP_TIMEOUT_MS: String(opts.stepTimeoutMs ?? 30_000),
     ...(opts.retry === undefined ? {} : { CDROM_RETRY_LIMIT: String(opts.retry.limit), CDROM_RETRY_BASE_MS: String(opts.retry.baseMs), CDROM_RETRY_MAX_MS: String(opts.retry.maxMs) }),
     CDROM_RECONCILE_INTERVAL_MS: '0',
+    // tracing on exactly as in production: the OTEL_* variables, the OTLP/HTTP exporter
+    ...(opts.otlpEndpoint === undefined ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT: opts.otlpEndpoint }),
   });
 
   const admin = await connect(AMQP_URL, { noDelay: true });
@@ -101,9 +103,9 @@ export async function startRealWorker(
   const worker = await startWorker({
     config,
     logger,
-    createParts: ({ metrics, failpoints, logger: log }) => {
+    createParts: ({ metrics, failpoints, logger: log, tracing }) => {
       const registry = new DriveRegistry({
-        activities: steps.wrap(instrumentActivities(createActivities({ hypervisor, storage, failpoints }), metrics, { log, storage })),
+        activities: steps.wrap(instrumentActivities(createActivities({ hypervisor, storage, failpoints }), metrics, { log, storage, tracing })),
         concurrency: config.concurrency,
         stepTimeoutMs: config.stepTimeoutMs,
         log,
