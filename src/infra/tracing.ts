@@ -217,6 +217,15 @@ export async function createTracing(options: TracingOptions): Promise<Tracing> {
     sampler: parentBased ? new sdk.ParentBasedSampler({ root: rootSampler }) : rootSampler,
     spanProcessors: [...processors],
   });
-  options.logger?.child({ component: 'tracing' }).info({ endpoint: options.processors === undefined ? config.endpoint : 'custom', serviceName: config.serviceName }, 'tracing on');
+  options.logger?.child({ component: 'tracing' }).info({ endpoint: options.processors === undefined ? redacted(config.endpoint) : 'custom', serviceName: config.serviceName }, 'tracing on');
   return new SdkTracing(provider.getTracer('cdrom-worker'), provider, options.logger?.child({ component: 'tracing' }));
+}
+
+/** The endpoint without user info: a URL in the environment may hold a password. */
+function redacted(endpoint: string | null): string | null {
+  if (endpoint === null) return null;
+  const url = new URL(endpoint);
+  url.username = '';
+  url.password = '';
+  return url.toString();
 }
