@@ -246,20 +246,17 @@ export class CommandConsumer {
     }
     const { command } = decoded;
     this.deps.unacked?.delivered(command.commandId);
-    if (span === null) {
-      const settle = await this.run(command, msg, reply, session, ch, null);
-      if (settle === 'leave') this.deps.unacked?.abandoned(command.commandId);
-      return settle;
+    if (span !== null) {
+      span.setAttributes({ 'cdrom.command_id': command.commandId, 'cdrom.vm_id': command.vmId, 'cdrom.drive': command.drive, 'cdrom.media': mediaKind(command.media) });
+      // The steps find the span through the command's drive (tracing.ts, CommandSpans).
+      this.tracing.commands.begin(command.vmId, command.drive, command.commandId, span);
     }
-    span.setAttributes({ 'cdrom.command_id': command.commandId, 'cdrom.vm_id': command.vmId, 'cdrom.drive': command.drive, 'cdrom.media': mediaKind(command.media) });
-    // The steps find the span through the command's drive (tracing.ts, CommandSpans).
-    this.tracing.commands.begin(command.vmId, command.drive, command.commandId, span);
     try {
       const settle = await this.run(command, msg, reply, session, ch, span);
       if (settle === 'leave') this.deps.unacked?.abandoned(command.commandId);
       return settle;
     } finally {
-      this.tracing.commands.end(command.vmId, command.drive, command.commandId, span);
+      if (span !== null) this.tracing.commands.end(command.vmId, command.drive, command.commandId, span);
     }
   }
 
