@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { ConsumeMessage } from 'amqplib';
+import { context, propagation } from '@opentelemetry/api';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import type { TlsFiles } from '../config.js';
 import { ResultEventSchema, type ChangeCdCommand, type ResultEvent } from '../contracts/schemas.js';
@@ -170,6 +171,11 @@ export class CdromClient {
    * for `hostId`, which no re-send cures.
    */
   private publish(session: ClientSession, hostId: string, command: ChangeCdCommand, replyTo?: string): Promise<boolean> {
+    // The caller's trace goes with the command (W3C traceparent/tracestate headers), so the
+    // worker's span continues it. Without an OpenTelemetry SDK in the engine's process the
+    // API's propagator is a no-op and no header is added.
+    const headers: Record<string, string> = {};
+    propagation.inject(context.active(), headers);
     return new Promise<boolean>((resolve, reject) => {
       session.commands.publish(
         COMMANDS_EXCHANGE,
@@ -186,6 +192,7 @@ export class CdromClient {
             ...(replyTo === undefined ? {} : { replyTo }),
             mandatory: true,
             timestamp: Math.floor(Date.now() / 1000),
+            ...(Object.keys(headers).length > 0 ? { headers } : {}),
           },
           session.user,
         ),

@@ -47,6 +47,12 @@ function plain(schema: object): Record<string, unknown> {
 
 const str = (description: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ type: 'string', description, ...extra });
 
+/** W3C trace context (the worker's OpenTelemetry tracing): `from` says which side sets it. */
+const traceHeaders = (from: string): Record<string, unknown> => ({
+  traceparent: str(`Application header, optional: W3C Trace Context \`traceparent\`; ${from}.`, { pattern: '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$' }),
+  tracestate: str('Application header, optional: W3C Trace Context `tracestate`, carried with `traceparent`.'),
+});
+
 const amqpProperty = (name: string, text: string, extra: Record<string, unknown> = {}): Record<string, unknown> => str(`AMQP basic property \`${name}\` (not an application header). ${text}`, extra);
 
 function commandHeaders(): Record<string, unknown> {
@@ -60,6 +66,7 @@ function commandHeaders(): Record<string, unknown> {
       content_type: amqpProperty('content_type', '', { const: 'application/json' }),
       delivery_mode: { type: 'integer', const: 2, description: 'AMQP basic property `delivery_mode`: persistent.' },
       [REPLAYED_HEADER]: { type: 'integer', minimum: 1, description: 'Application header: set by `dlq replay`, how many times this message was replayed from the dead-letter queue.' },
+      ...traceHeaders("the sender's trace: the worker's span for the command continues it"),
     },
   };
 }
@@ -75,6 +82,7 @@ function eventHeaders(): Record<string, unknown> {
       app_id: amqpProperty('app_id', '', { const: 'cdrom-worker' }),
       content_type: amqpProperty('content_type', '', { const: 'application/json' }),
       delivery_mode: { type: 'integer', const: 2, description: 'AMQP basic property `delivery_mode`: persistent.' },
+      ...traceHeaders("the worker's span for the command, when tracing is on"),
     },
   };
 }

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { getEventListeners } from 'node:events';
+import { propagation } from '@opentelemetry/api';
 import type { ChannelModel, ConfirmChannel } from 'amqplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { connect, isCdromClientError, type CdromClient, type ChangeRequest, type ResultEvent } from '../../src/client/index.js';
 import { loadConfig } from '../../src/config.js';
-import { ensureTopology } from '../../src/consumers/topology.js';
+import { commandsQueue, ensureTopology } from '../../src/consumers/topology.js';
 import { createLogger, silentLogger } from '../../src/infra/logging.js';
 import { startWorker, type WorkerHandle } from '../../src/main.js';
 import { EffectLog, FakeExecutor, type FakeExecutorOptions } from '../support/fake-executor.js';
@@ -129,6 +130,33 @@ describe('cdrom-worker/client changeCD', () => {
     expect(Date.now() - t0).toBeLessThan(3000);
     const nowhere = await client!.changeCD(uniqueHost(), request(), { timeoutMs: 5000 }).catch((err: unknown) => err);
     expect(isCdromClientError(nowhere, 'NO_ROUTE')).toBe(true);
+  });
+
+  it("carries the caller's trace context (W3C headers) when the engine has a propagator", async () => {
+    await ensureTopology(ch, hostId, true);
+    // The engine's OpenTelemetry setup, reduced to what the client relies on: a global propagator.
+    const traceparent = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+    propagation.setGlobalPropagator({
+      inject: (_ctx, carrier, setter) => setter.set(carrier, 'traceparent', traceparent),
+      extract: (ctx) => ctx,
+      fields: () => ['traceparent'],
+    });
+    try {
+      await client!.send(hostId, request());
+    } finally {
+      propagation.disable();
+    }
+    const headers: Record<string, unknown>[] = [];
+    await waitFor(
+      async () => {
+        const m = await ch.get(commandsQueue(hostId), { noAck: true });
+        if (m !== false) headers.push((m.properties.headers ?? {}));
+        return headers.length > 0;
+      },
+      5_000,
+      'the command',
+    );
+    expect(headers[0]?.['traceparent']).toBe(traceparent);
   });
 
   it('re-sends the same commandId after losing its connection; the drive still changes once', async () => {
