@@ -84,6 +84,7 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
     domainFilter: config.domainFilter,
     claims,
     observe: ({ row }) => metrics.recoveryActions.inc({ row }),
+    observeFailure: ({ drive }) => metrics.recoveryFailures.inc({ scope: drive === null ? 'domain' : 'drive' }),
   });
   metrics.countHungCalls(() => hypervisor.hungCalls + registry.hungStorageCalls);
   return {
@@ -144,6 +145,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
   const tracing = options.tracing ?? (await createTracing({ config: config.tracing, hostId: config.hostId, logger }));
   // a tracing handed in belongs to the caller, who shuts it down
   const closeTracing = (): Promise<void> => (options.tracing === undefined ? tracing.shutdown(TRACING_FLUSH_MS) : Promise.resolve());
+  metrics.reportReadiness(() => health.ready && health.live);
   let http: HttpServer | null = null;
   if (config.httpPort !== 0) http = await startHttpServer(config.httpPort, health, metrics.registry, logger);
 
@@ -209,6 +211,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     unacked,
     activate,
     onStandby: () => {
+      metrics.standby.set(1);
       parts.quiesce?.();
       mustRecover = true;
       recovered = false;
@@ -217,6 +220,7 @@ export async function startWorker(options: WorkerOptions): Promise<WorkerHandle>
     trustedSenders: config.trustedSenders,
     tracing,
     onAttached: () => {
+      metrics.standby.set(0);
       resolveRole('active');
       attached = true;
       updateReady();

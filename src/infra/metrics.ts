@@ -23,6 +23,21 @@ export interface Metrics {
   readonly hungCalls: Gauge;
   /** Where `hungCalls` reads its value at each scrape. */
   countHungCalls(source: () => number): void;
+  /**
+   * 1 while /readyz says ready, read at each scrape: an alert needs readiness as a series
+   * (a probe of /readyz would need a blackbox exporter next to every worker).
+   */
+  readonly ready: Gauge;
+  /** Where `ready` reads its value at each scrape. */
+  reportReadiness(source: () => boolean): void;
+  /**
+   * Recoveries that failed (retried on the next pass), by scope: `drive` (its recovery
+   * threw) or `domain` (the domain could not be read). `recoveryActions` counts only
+   * successes, so a drive stuck failing would otherwise be invisible.
+   */
+  readonly recoveryFailures: Counter<'scope'>;
+  /** 1 while this worker waits as the standby of another worker for its host (not ready, on purpose). */
+  readonly standby: Gauge;
 }
 
 /** The steps of a flow that `stepDuration` times; one per effect port call. */
@@ -30,8 +45,21 @@ export const STEPS = ['prepare', 'update', 'teardown', 'metadata', 'journal'] as
 export type Step = (typeof STEPS)[number];
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
+  const metrics = createSeries(options);
+  // A labelled counter has no series until its first increment, and Prometheus's rate()
+  // and increase() need two samples: the first failed command, dead letter or failed
+  // recovery after a start would never show in an alert. The usual label values start at 0.
+  for (const outcome of ['completed', 'failed'] as const) for (const action of ['load', 'eject', 'change'] as const) metrics.commands.inc({ outcome, action }, 0);
+  metrics.commands.inc({ outcome: 'rejected', action: 'none' }, 0);
+  for (const reason of ['rejected', 'retries-exhausted'] as const) metrics.deadLettered.inc({ reason }, 0);
+  for (const scope of ['drive', 'domain'] as const) metrics.recoveryFailures.inc({ scope }, 0);
+  return metrics;
+}
+
+function createSeries(options: { defaultMetrics?: boolean }): Metrics {
   const registry = new Registry();
   let hungSource = (): number => 0;
+  let readySource = (): boolean => false;
   if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'cdrom_worker_' });
   return {
     registry,
@@ -67,6 +95,28 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
     countHungCalls: (source) => {
       hungSource = source;
     },
+    ready: new Gauge({
+      name: 'cdrom_ready',
+      help: '1 while the worker is ready (startup recovery done, consuming its host queue), as /readyz',
+      registers: [registry],
+      collect() {
+        this.set(readySource() ? 1 : 0);
+      },
+    }),
+    reportReadiness: (source) => {
+      readySource = source;
+    },
+    standby: new Gauge({
+      name: 'cdrom_standby',
+      help: '1 while this worker waits as the standby of another worker for its host (single active consumer); it is not ready meanwhile',
+      registers: [registry],
+    }),
+    recoveryFailures: new Counter({
+      name: 'cdrom_recovery_failures_total',
+      help: 'recoveries that failed and wait for the next pass, by scope (drive: its recovery threw; domain: the domain could not be read)',
+      labelNames: ['scope'] as const,
+      registers: [registry],
+    }),
     commandDuration: new Histogram({
       name: 'cdrom_command_duration_seconds',
       help: 'time a command spent on its drive, by action and outcome',

@@ -47,6 +47,8 @@ export interface ReconcilerOptions {
   /** background pass period; 0 disables it */
   readonly intervalMs?: number;
   readonly observe?: (event: { row: string; vmId: string; drive: string }) => void;
+  /** a drive's recovery failed, or a domain could not be read (`drive` null): retried next pass */
+  readonly observeFailure?: (event: { vmId: string; drive: string | null }) => void;
   /** only domains whose name matches are recovered; orphan reaping still sees them all */
   readonly domainFilter?: RegExp | null;
   /** volumes drives have in an unfinished change: never orphans */
@@ -144,6 +146,7 @@ export class Reconciler {
       if (s.kind !== 'recovered') return;
       if (s.error !== null) {
         failed.push({ vmId, drive, message: s.error.message });
+        this.opts.observeFailure?.({ vmId, drive });
         this.log.warn({ vmId, drive, err: s.error }, 'recovery failed; retried on the next pass');
       } else if (s.report !== null && s.report.steps > 0) {
         actions += s.report.steps;
@@ -171,6 +174,7 @@ export class Reconciler {
             [cdroms, md] = await Promise.all([hypervisor.listCdroms(vmId), hypervisor.getMetadata(vmId, OVIRT_VM_NS).then((x) => VmMetadata.parse(x))]);
           } catch (err) {
             failed.push({ vmId, drive: null, message: toCdromError(err).message });
+            this.opts.observeFailure?.({ vmId, drive: null });
             this.log.warn({ vmId, err }, 'cannot read domain; retried on the next pass');
             return;
           }

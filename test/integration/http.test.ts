@@ -93,6 +93,8 @@ describe('http', () => {
     await waitFor(() => recovering, 10_000, 'recovery to start');
     expect(await get(port, '/healthz')).toEqual({ status: 200, body: 'ok\n' });
     expect((await get(port, '/readyz')).status).toBe(503);
+    // The alerts read readiness from /metrics (cdrom_ready), not from /readyz.
+    expect((await get(port, '/metrics')).body).toMatch(/^cdrom_ready 0$/m);
     // Still not ready a little later: nothing but recovery makes it so.
     await new Promise((r) => setTimeout(r, 200));
     expect((await get(port, '/readyz')).status).toBe(503);
@@ -103,6 +105,7 @@ describe('http', () => {
     expect(worker.health.ready).toBe(true);
     expect(await get(port, '/readyz')).toEqual({ status: 200, body: 'ready\n' });
     expect((await get(port, '/nowhere')).status).toBe(404);
+    expect((await get(port, '/metrics')).body).toMatch(/^cdrom_ready 1$/m);
 
     await worker.stop('test');
     worker = null;
@@ -119,6 +122,10 @@ describe('http', () => {
     const before = (await get(port, '/metrics')).body;
     expect(sample(before, 'cdrom_broker_connected')).toBe(1);
     expect(sample(before, 'cdrom_commands_total', { outcome: 'completed', action: 'load' })).toBe(0);
+    // present at 0 before anything happened (rate() needs a sample before the first increment)
+    expect(before).toMatch(/^cdrom_commands_total\{outcome="failed",action="load"\} 0$/m);
+    expect(before).toMatch(/^cdrom_dead_lettered_total\{reason="retries-exhausted"\} 0$/m);
+    expect(before).toMatch(/^cdrom_recovery_failures_total\{scope="drive"\} 0$/m);
 
     const a = command();
     await publish(ch, hostId, a);

@@ -24,9 +24,12 @@ describe('reconciler', () => {
     w.hv.addVm(broken, { metadata: { [OVIRT_VM_NS.uri]: '<not-xml' } });
     w.storage.activate(ISO_A);
     w.storage.activate(ISO_B);
-    const r = await reconcilerFor(w).reconcileAll();
+    // what cdrom_recovery_failures_total counts
+    const failures: { vmId: string; drive: string | null }[] = [];
+    const r = await new Reconciler({ hypervisor: w.hv, storage: w.storage, drives: w.registry, log: silentLogger(), observeFailure: (f) => failures.push(f) }).reconcileAll();
     expect(r.domains).toBe(3);
     expect(r.failed.map((f) => f.vmId)).toEqual([broken]);
+    expect(failures).toEqual([{ vmId: broken, drive: null }]);
     const md = (await w.hv.getMetadata(halfLoaded, OVIRT_VM_NS)) ?? '';
     expect(md).not.toContain('state=');
     expect(w.active()).toEqual([ISO_B.volumeID]);
