@@ -53,6 +53,9 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
   metrics.commands.inc({ outcome: 'rejected', action: 'none' }, 0);
   for (const reason of ['rejected', 'retries-exhausted'] as const) metrics.deadLettered.inc({ reason }, 0);
   for (const scope of ['drive', 'domain'] as const) metrics.recoveryFailures.inc({ scope }, 0);
+  // The same for the histograms: their quantiles (the latency alert, the dashboard) are rates too.
+  for (const outcome of ['completed', 'failed'] as const) for (const action of ['load', 'eject', 'change'] as const) metrics.commandDuration.zero({ action, outcome });
+  for (const step of STEPS) for (const result of ['ok', 'error'] as const) metrics.stepDuration.zero({ step, result });
   return metrics;
 }
 
