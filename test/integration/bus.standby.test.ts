@@ -63,6 +63,9 @@ describe('one active worker per host', () => {
     expect([a.health.ready, b.health.ready]).toEqual([true, false]);
     expect(await consumers()).toBe(1);
     expect([recoveries.get(first), recoveries.get(second)]).toEqual([1, 0]);
+    // what the not-ready alert reads: the standby is not ready on purpose, and says so
+    const gauges = async (w: WorkerHandle): Promise<string> => (await w.metrics.registry.metrics()).split('\n').filter((l) => /^cdrom_(ready|standby) /.test(l)).join(', ');
+    expect([await gauges(a), await gauges(b)]).toEqual(['cdrom_ready 1, cdrom_standby 0', 'cdrom_ready 0, cdrom_standby 1']);
     for (let i = 0; i < 5; i++) await publish(ch, hostId, command());
     await tap.count(5);
     expect([first.calls.length, second.calls.length]).toEqual([5, 0]);
@@ -73,6 +76,7 @@ describe('one active worker per host', () => {
     const takeoverMs = Date.now() - t0;
     expect(takeoverMs).toBeLessThan(10_000);
     expect(recoveries.get(second), 'the new active worker recovers before it consumes').toBe(1);
+    expect(await gauges(b)).toBe('cdrom_ready 1, cdrom_standby 0');
     expect(await consumers()).toBe(1);
     const cmd = command();
     await publish(ch, hostId, cmd);
