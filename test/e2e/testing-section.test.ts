@@ -153,10 +153,10 @@ describe.skipIf(!canUseLoopLvm())('design page, Testing section (real RabbitMQ, 
   it('status and recover tools report the drive as libvirt, the metadata and the host show it', async () => {
     const status = await runCli(env, ['status', '--json', '--vm', vm.uuid]);
     expect(status.code, status.stderr).toBe(0);
-    const doc = JSON.parse(status.stdout) as { domains: { vmId: string; drives: { drive: string; media: unknown; state: string | null; volumes: { pdiv: Pdiv; activation: string; inDrive: boolean }[] }[] }[] };
+    const doc = JSON.parse(status.stdout) as { domains: { vmId: string; drives: { drive: string; media: unknown; state: string | null; volumes: { pdiv: Pdiv; activation: string; activeVia: string | null; inDrive: boolean }[] }[] }[] };
     expect(doc.domains).toHaveLength(1);
     expect(doc.domains[0]?.drives).toEqual([
-      expect.objectContaining({ drive: 'sdc', media: isoB, state: null, volumes: [{ pdiv: isoB, state: null, activation: 'active', inDrive: true }] }),
+      expect.objectContaining({ drive: 'sdc', media: isoB, state: null, volumes: [{ pdiv: isoB, state: null, activation: 'active', activeVia: 'loop', inDrive: true }] }),
     ]);
     const human = await runCli(env, ['status', '--vm', vm.uuid]);
     expect(human.stdout).toContain(`sdc: pdiv ${isoB.poolID}/${isoB.domainID}/${isoB.imageID}/${isoB.volumeID}`);
