@@ -311,15 +311,7 @@ export class Bus {
 
   private async connectOnce(url: string): Promise<BusSession> {
     const tls = this.opts.tls ?? {};
-    const model = await connect(withHeartbeat(url, this.opts.heartbeatSec ?? 10), {
-      // Without it every request/response round trip costs ~44 ms (Nagle + delayed ack).
-      noDelay: true,
-      timeout: 5000,
-      ...(tls.ca ? { ca: [tls.ca] } : {}),
-      ...(tls.cert ? { cert: tls.cert } : {}),
-      ...(tls.key ? { key: tls.key } : {}),
-      clientProperties: { connection_name: this.opts.connectionName ?? 'cdrom-worker' },
-    });
+    const model = await connect(withHeartbeat(url, this.opts.heartbeatSec ?? 10), socketOptions(tls, this.opts.connectionName ?? 'cdrom-worker'));
     coalesceWrites(model);
     const generation = ++this.generation;
     const channels: Channel[] = [];
@@ -392,6 +384,19 @@ function coalesceWrites(model: ChannelModel): void {
   } as Duplex['write'];
 }
 
+/** The socket options of every connection: the worker's, the client's and the CLI's. */
+function socketOptions(tls: TlsFiles, connectionName: string) {
+  return {
+    // Without it every request/response round trip costs ~44 ms (Nagle + delayed ack).
+    noDelay: true,
+    timeout: 5000,
+    ...(tls.ca ? { ca: [tls.ca] } : {}),
+    ...(tls.cert ? { cert: tls.cert } : {}),
+    ...(tls.key ? { key: tls.key } : {}),
+    clientProperties: { connection_name: connectionName },
+  };
+}
+
 function withHeartbeat(url: string, seconds: number): string {
   const u = new URL(url);
   if (!u.searchParams.has('heartbeat')) u.searchParams.set('heartbeat', String(seconds));
@@ -458,14 +463,7 @@ export async function connectFirst(urls: readonly string[], tls: TlsFiles = {}, 
   let last: unknown = null;
   for (const url of urls) {
     try {
-      const model = await connect(withHeartbeat(url, 10), {
-        noDelay: true,
-        timeout: 5000,
-        ...(tls.ca ? { ca: [tls.ca] } : {}),
-        ...(tls.cert ? { cert: tls.cert } : {}),
-        ...(tls.key ? { key: tls.key } : {}),
-        clientProperties: { connection_name: connectionName },
-      });
+      const model = await connect(withHeartbeat(url, 10), socketOptions(tls, connectionName));
       return { model, url };
     } catch (err) {
       last = err;

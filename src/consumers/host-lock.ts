@@ -70,14 +70,13 @@ export class HostLock {
   }
 
   /**
-   * One declare on a channel of its own: a refusal closes that channel only (it is not
-   * one of the session's channels, whose close would end the session).
+   * One declare on a side channel of the session: a refusal closes that channel only
+   * (unlike the session's own channels, whose close ends the session).
    */
   private async tryOnce(session: BusSession): Promise<'held' | 'locked' | 'no-permission'> {
     let ch: Channel | null = null;
     try {
-      ch = await session.model.createChannel();
-      ch.on('error', () => undefined);
+      ch = await session.openSideChannel();
       await ch.assertQueue(lockQueue(this.hostId), { exclusive: true, durable: false });
       return 'held';
     } catch (err) {
