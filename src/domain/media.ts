@@ -55,3 +55,8 @@ export function describeMedia(m: Media | null): string {
 export function driveKey(vmId: string, drive: string): string {
   return `${vmId.toLowerCase()}/${drive}`;
 }
+
+/** One command on one drive (a commandId may be sent to several drives). */
+export function commandKey(vmId: string, drive: string, commandId: string): string {
+  return `${driveKey(vmId, drive)}|${commandId.toLowerCase()}`;
+}

@@ -1,4 +1,5 @@
 import { ROOT_CONTEXT, SpanKind, trace } from '@opentelemetry/api';
+import { driveKey } from '../domain/media.js';
 import type { Logger } from './logging.js';
 import type { Metrics, Step } from './metrics.js';
 import { recordFailure, type Tracing } from './tracing.js';
@@ -57,7 +58,7 @@ function mediaKey(media: MediaLike): string | null {
   return typeof id === 'string' ? id.toLowerCase() : null;
 }
 
-const driveKey = (i: DriveInput): string => `${i.vmId.toLowerCase()}/${i.drive}`;
+const keyOf = (i: DriveInput): string => driveKey(i.vmId, i.drive);
 
 function remember<V>(map: Map<string, V>, key: string, value: V): void {
   map.delete(key);
@@ -71,7 +72,7 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
   // one its last inspect named.
   const commandOf = new Map<string, { vmId: string; drive: string; commandId: string | null }>();
   const idsOfDrive = (i: DriveInput): Record<string, string | null> => ({
-    commandId: commandOf.get(driveKey(i))?.commandId ?? null,
+    commandId: commandOf.get(keyOf(i))?.commandId ?? null,
     vmId: i.vmId,
     drive: i.drive,
   });
@@ -159,7 +160,7 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
   return {
     ...activities,
     inspect: async (input) => {
-      remember(commandOf, driveKey(input), { vmId: input.vmId, drive: input.drive, commandId: input.commandId });
+      remember(commandOf, keyOf(input), { vmId: input.vmId, drive: input.drive, commandId: input.commandId });
       tracing?.commands.enter(input.vmId, input.drive, input.commandId);
       return span('inspect', input, () => activities.inspect(input));
     },

@@ -2,6 +2,7 @@ import { ROOT_CONTEXT, SpanStatusCode, trace, type Context, type Span, type Text
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import type { SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import type { TracingConfig } from '../config.js';
+import { commandKey, driveKey } from '../domain/media.js';
 import type { Logger } from './logging.js';
 
 /**
@@ -45,8 +46,6 @@ const headerSetter: TextMapSetter<Record<string, string>> = {
   },
 };
 
-const driveKeyOf = (vmId: string, drive: string): string => `${vmId.toLowerCase()}/${drive}`;
-
 /**
  * The command spans open now, so that a step finds the span of the command it belongs
  * to. What a step receives is its drive (`DriveRef`), and a drive runs one request at a
@@ -68,15 +67,15 @@ export class CommandSpans {
   private readonly current = new Map<string, string>();
 
   begin(vmId: string, drive: string, commandId: string, span: Span): void {
-    const key = `${driveKeyOf(vmId, drive)}|${commandId.toLowerCase()}`;
+    const key = commandKey(vmId, drive, commandId);
     const spans = this.open.get(key);
     if (spans === undefined) this.open.set(key, [span]);
     else spans.push(span);
   }
 
   end(vmId: string, drive: string, commandId: string, span: Span): void {
-    const dk = driveKeyOf(vmId, drive);
-    const key = `${dk}|${commandId.toLowerCase()}`;
+    const dk = driveKey(vmId, drive);
+    const key = commandKey(vmId, drive, commandId);
     const spans = this.open.get(key);
     if (spans === undefined) return;
     const i = spans.indexOf(span);
@@ -88,15 +87,15 @@ export class CommandSpans {
 
   /** The drive starts an attempt of `commandId` (its `inspect`); null: no command. */
   enter(vmId: string, drive: string, commandId: string | null): void {
-    const dk = driveKeyOf(vmId, drive);
-    const key = commandId === null ? undefined : `${dk}|${commandId.toLowerCase()}`;
+    const dk = driveKey(vmId, drive);
+    const key = commandId === null ? undefined : commandKey(vmId, drive, commandId);
     if (key !== undefined && this.open.has(key)) this.current.set(dk, key);
     else this.current.delete(dk);
   }
 
   /** The span of the command the drive runs now, if it is traced. */
   spanOf(vmId: string, drive: string): Span | undefined {
-    const key = this.current.get(driveKeyOf(vmId, drive));
+    const key = this.current.get(driveKey(vmId, drive));
     return key === undefined ? undefined : this.open.get(key)?.[0];
   }
 

@@ -4,7 +4,7 @@ import type { ChangeCdCommand } from '../contracts/schemas.js';
 import type { ErrorInfo } from '../domain/errors.js';
 import { SharedGate, limiter } from '../domain/limiter.js';
 import type { Logger } from '../domain/logger.js';
-import { driveKey } from '../domain/media.js';
+import { commandKey, driveKey } from '../domain/media.js';
 import type { Execution } from '../domain/outcome.js';
 import { VolumeClaims } from '../domain/volume-claims.js';
 import type { Activities } from './cdrom.activities.js';
@@ -145,7 +145,7 @@ export class DriveRegistry implements CommandExecutor {
 
   submit(command: ChangeCdCommand, ticket: CommandTicket): Promise<'settled' | 'abandoned'> {
     if (this.closed) return Promise.resolve('abandoned');
-    const key = `${driveKey(command.vmId, command.drive)}|${command.commandId.toLowerCase()}`;
+    const key = commandKey(command.vmId, command.drive, command.commandId);
     return new Promise((resolve) => {
       const running = this.commands.get(key);
       if (running !== undefined && !running.ticket.live()) {
@@ -217,7 +217,7 @@ export class DriveRegistry implements CommandExecutor {
   }
 
   private forget(job: CommandJob): void {
-    const key = `${driveKey(job.command.vmId, job.command.drive)}|${job.command.commandId.toLowerCase()}`;
+    const key = commandKey(job.command.vmId, job.command.drive, job.command.commandId);
     if (this.commands.get(key) === job) this.commands.delete(key);
   }
 
