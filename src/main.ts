@@ -65,9 +65,9 @@ export const createRealWorkerParts: WorkerFactory = async ({ config, logger, met
     retry: config.retry,
     claims,
     log: logger,
-    onRetry: ({ vmId, drive, attempt, error, delayMs }) => {
+    onRetry: ({ vmId, drive, commandId, attempt, error, delayMs }) => {
       metrics.retries.inc();
-      if (tracing.enabled) tracing.commands.spanOf(vmId, drive)?.addEvent('retry', { 'cdrom.attempt': attempt, 'error.type': error.code, 'cdrom.retry_in_ms': delayMs });
+      if (tracing.enabled) tracing.commands.spanOf(vmId, drive, commandId)?.addEvent('retry', { 'cdrom.attempt': attempt, 'error.type': error.code, 'cdrom.retry_in_ms': delayMs });
     },
     observe: ({ settlement, durationMs }) => {
       if (settlement.kind === 'result') metrics.commandDuration.observe({ action: settlement.result.action, outcome: settlement.result.outcome }, durationMs / 1000);

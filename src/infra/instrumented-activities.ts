@@ -153,7 +153,7 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
 
   // Off (no tracing, or no SDK): the step runs as it is, not even a lookup.
   const tracing = options.tracing?.enabled === true ? options.tracing : null;
-  const span = tracing === null ? <T>(_name: string, _input: DriveInput, run: () => Promise<T>): Promise<T> => run() : spanned(tracing);
+  const span = tracing === null ? <T>(_name: string, _input: DriveInput, run: () => Promise<T>): Promise<T> => run() : spanned(tracing, (i) => commandOf.get(keyOf(i))?.commandId);
 
   refreshActive();
 
@@ -161,7 +161,6 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
     ...activities,
     inspect: async (input) => {
       remember(commandOf, keyOf(input), { vmId: input.vmId, drive: input.drive, commandId: input.commandId });
-      tracing?.commands.enter(input.vmId, input.drive, input.commandId);
       return span('inspect', input, () => activities.inspect(input));
     },
     recover: async (input) => {
@@ -198,9 +197,10 @@ export function instrumentActivities<A extends StepActivities>(activities: A, me
  * (`CommandSpans`: the context cannot flow through the machine's actors). A step with
  * no traced command (a background reconciliation) runs without a span.
  */
-function spanned(tracing: Tracing) {
+/** Steps as child spans of the span of the command the drive runs (`commandIdOf`: its last inspect's). */
+function spanned(tracing: Tracing, commandIdOf: (i: DriveInput) => string | null | undefined) {
   return <T>(name: string, input: DriveInput, run: () => Promise<T>): Promise<T> => {
-    const parent = tracing.commands.spanOf(input.vmId, input.drive);
+    const parent = tracing.commands.spanOf(input.vmId, input.drive, commandIdOf(input));
     if (parent === undefined) return run();
     const span = tracing.tracer.startSpan(`cdrom.step ${name}`, { kind: SpanKind.INTERNAL, attributes: { 'cdrom.step': name, 'cdrom.vm_id': input.vmId, 'cdrom.drive': input.drive } }, trace.setSpan(ROOT_CONTEXT, parent));
     return run().then(

@@ -2,7 +2,7 @@ import { ROOT_CONTEXT, SpanStatusCode, trace, type Context, type Span, type Text
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import type { SpanProcessor } from '@opentelemetry/sdk-trace-base';
 import type { TracingConfig } from '../config.js';
-import { commandKey, driveKey } from '../domain/media.js';
+import { commandKey } from '../domain/media.js';
 import type { Logger } from './logging.js';
 
 /**
@@ -51,10 +51,11 @@ const headerSetter: TextMapSetter<Record<string, string>> = {
  * to. What a step receives is its drive (`DriveRef`), and a drive runs one request at a
  * time; the drive's first step of every command attempt is `inspect`, which names the
  * command. So: the consumer registers a span per (drive, commandId) for as long as it
- * holds the delivery; `inspect` records which command the drive runs now; every step
- * of that drive until the next `inspect` belongs to it — including the reconciliation
+ * holds the delivery; the instrumented activities remember which command the drive's
+ * last `inspect` named (they do for their logs anyway) and ask for that command's span;
+ * every step of that drive until the next `inspect` belongs to it — including the reconciliation
  * a retry runs before its next attempt, since a command waiting for its retry keeps
- * its drive. When the command's span ends the drive forgets it, so a background
+ * its drive. When the command's span ends it is no longer found, so a background
  * reconciliation that comes later finds no command and gets no span (it runs every
  * minute on every drive; one trace per drive per minute would drown the commands').
  *
@@ -64,7 +65,6 @@ const headerSetter: TextMapSetter<Record<string, string>> = {
  */
 export class CommandSpans {
   private readonly open = new Map<string, Span[]>();
-  private readonly current = new Map<string, string>();
 
   begin(vmId: string, drive: string, commandId: string, span: Span): void {
     const key = commandKey(vmId, drive, commandId);
@@ -74,7 +74,6 @@ export class CommandSpans {
   }
 
   end(vmId: string, drive: string, commandId: string, span: Span): void {
-    const dk = driveKey(vmId, drive);
     const key = commandKey(vmId, drive, commandId);
     const spans = this.open.get(key);
     if (spans === undefined) return;
@@ -82,26 +81,16 @@ export class CommandSpans {
     if (i >= 0) spans.splice(i, 1);
     if (spans.length > 0) return;
     this.open.delete(key);
-    if (this.current.get(dk) === key) this.current.delete(dk);
   }
 
-  /** The drive starts an attempt of `commandId` (its `inspect`); null: no command. */
-  enter(vmId: string, drive: string, commandId: string | null): void {
-    const dk = driveKey(vmId, drive);
-    const key = commandId === null ? undefined : commandKey(vmId, drive, commandId);
-    if (key !== undefined && this.open.has(key)) this.current.set(dk, key);
-    else this.current.delete(dk);
-  }
-
-  /** The span of the command the drive runs now, if it is traced. */
-  spanOf(vmId: string, drive: string): Span | undefined {
-    const key = this.current.get(driveKey(vmId, drive));
-    return key === undefined ? undefined : this.open.get(key)?.[0];
+  /** The open span of `commandId` on the drive (the oldest, the one running); none for no command. */
+  spanOf(vmId: string, drive: string, commandId: string | null | undefined): Span | undefined {
+    return commandId == null ? undefined : this.open.get(commandKey(vmId, drive, commandId))?.[0];
   }
 
   /** Open (drive, commandId) entries, for tests: nothing may be left behind. */
   get size(): number {
-    return this.open.size + this.current.size;
+    return this.open.size;
   }
 }
 

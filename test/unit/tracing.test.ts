@@ -67,17 +67,22 @@ describe('CommandSpans: which command span a drive’s step belongs to', () => {
   const span = () => tracer.startSpan('x', {}, ROOT_CONTEXT);
   const VM = 'A2B6F4F0-0C7E-4F0E-8D52-1D0D7A3F5E90';
 
+  // The drive's last inspect, as the instrumented activities remember it.
+  let inspected: string | null = null;
+  const stepSpan = (spans: CommandSpans, vmId = VM, drive = 'sdc') => spans.spanOf(vmId, drive, inspected);
+
   it('a step belongs to the command the drive last inspected, while its span is open', () => {
     const spans = new CommandSpans();
     const a = span();
+    inspected = null;
     spans.begin(VM, 'sdc', 'c-1', a);
-    expect(spans.spanOf(VM, 'sdc')).toBeUndefined(); // queued: not running yet
-    spans.enter(VM.toLowerCase(), 'sdc', 'C-1');
-    expect(spans.spanOf(VM, 'sdc')).toBe(a);
-    expect(spans.spanOf(VM, 'sdd')).toBeUndefined();
+    expect(stepSpan(spans)).toBeUndefined(); // queued: not running yet
+    inspected = 'C-1';
+    expect(stepSpan(spans, VM.toLowerCase())).toBe(a);
+    expect(stepSpan(spans, VM, 'sdd')).toBeUndefined();
     spans.end(VM, 'sdc', 'c-1', a);
     // a later background reconciliation of the drive gets no parent
-    expect(spans.spanOf(VM, 'sdc')).toBeUndefined();
+    expect(stepSpan(spans)).toBeUndefined();
     expect(spans.size).toBe(0);
   });
 
@@ -86,12 +91,12 @@ describe('CommandSpans: which command span a drive’s step belongs to', () => {
     const a = span();
     const b = span();
     spans.begin(VM, 'sdc', 'c-1', a);
-    spans.enter(VM, 'sdc', 'c-1');
+    inspected = 'c-1';
     spans.begin(VM, 'sdc', 'c-2', b);
-    expect(spans.spanOf(VM, 'sdc')).toBe(a);
+    expect(stepSpan(spans)).toBe(a);
     spans.end(VM, 'sdc', 'c-1', a);
-    spans.enter(VM, 'sdc', 'c-2');
-    expect(spans.spanOf(VM, 'sdc')).toBe(b);
+    inspected = 'c-2';
+    expect(stepSpan(spans)).toBe(b);
     spans.end(VM, 'sdc', 'c-2', b);
     expect(spans.size).toBe(0);
   });
@@ -101,11 +106,11 @@ describe('CommandSpans: which command span a drive’s step belongs to', () => {
     const first = span();
     const again = span();
     spans.begin(VM, 'sdc', 'c-1', first);
-    spans.enter(VM, 'sdc', 'c-1');
+    inspected = 'c-1';
     spans.begin(VM, 'sdc', 'c-1', again);
-    expect(spans.spanOf(VM, 'sdc')).toBe(first);
+    expect(stepSpan(spans)).toBe(first);
     spans.end(VM, 'sdc', 'c-1', first);
-    expect(spans.spanOf(VM, 'sdc')).toBe(again);
+    expect(stepSpan(spans)).toBe(again);
     spans.end(VM, 'sdc', 'c-1', again);
     expect(spans.size).toBe(0);
   });
@@ -114,9 +119,9 @@ describe('CommandSpans: which command span a drive’s step belongs to', () => {
     const spans = new CommandSpans();
     const a = span();
     spans.begin(VM, 'sdc', 'c-1', a);
-    spans.enter(VM, 'sdc', 'c-1');
-    spans.enter(VM, 'sdc', null);
-    expect(spans.spanOf(VM, 'sdc')).toBeUndefined();
+    // the drive's last inspect named no command (a recovery of its own)
+    inspected = null;
+    expect(stepSpan(spans)).toBeUndefined();
     spans.end(VM, 'sdc', 'c-1', a);
     expect(spans.size).toBe(0);
   });
