@@ -2,9 +2,11 @@ import { CdromError, isCdromError } from '../../domain/errors.js';
 import type { Logger } from '../../domain/logger.js';
 import type { DomainEvent, DomainRef, DriveSource, HypervisorPort, MetadataNamespace } from '../../domain/ports.js';
 import { silentLogger } from '../logging.js';
-import { aliasOf, buildCdromDiskXml, cdromDisks, findCdromDisk, sourceOf, trayOpen, type CdromDisk } from './cdrom-disk.xml.js';
+import { aliasOf, buildCdromDiskXml, cdromDisks, sourceOf, trayOpen, type CdromDisk } from './cdrom-disk.xml.js';
+import { parseXml } from '../../domain/metadata/xml-tree.js';
 import { ConnectionPool, type CallMode, type Lease } from './connection.pool.js';
 import { DomainStates, sameState, type DomainState } from './domain.cache.js';
+import { DomainDocs } from './domain-docs.js';
 import { EventsLink } from './events.link.js';
 import { classifyLibvirtError, isConnectionError, libvirtCode, type LibvirtOperation } from './libvirt.errors.js';
 import { fromLibvirtMetadata, toLibvirtMetadata } from './metadata-ns.xml.js';
@@ -57,6 +59,8 @@ export class LibvirtHypervisor implements HypervisorPort {
   private readonly events: EventsLink;
   /** [active, persistent] per running domain, kept while the events link is up */
   private readonly states = new DomainStates(MAX_HANDLES_PER_CONNECTION);
+  /** metadata and CD-ROM disks as last read or written, kept while events can correct them */
+  private readonly docs = new DomainDocs(4 * MAX_HANDLES_PER_CONNECTION);
   private closed = false;
   private readonly listeners = new Set<(e: DomainEvent) => void>();
   /** Events are emitted in libvirt's order even though mapping one may need a lookup. */
@@ -93,11 +97,13 @@ export class LibvirtHypervisor implements HypervisorPort {
         // Events are missed from now on: nothing cached may be trusted, and every call
         // connection went to the same daemon.
         this.states.disable();
+        this.docs.disable();
         this.aliases.clear();
         this.pool.dropAll(`events connection ${why}`);
       },
       onUp: (again) => {
         this.states.enable();
+        this.docs.enable();
         if (again) this.emit({ kind: 'reconnected' });
       },
     });
@@ -141,18 +147,36 @@ export class LibvirtHypervisor implements HypervisorPort {
    */
   async readDrives(vmId: string): Promise<Map<string, DriveSource | null>> {
     return this.onDomain(vmId, async (lease, dom) => {
-      const xml = await this.domainXml(lease, dom, vmId);
+      const version = this.docs.disksVersion(vmId);
+      const disks = cdromDisks(await this.domainXml(lease, dom, vmId));
+      this.docs.keepDisks(vmId, disks, version);
       const drives = new Map<string, DriveSource | null>();
-      for (const disk of cdromDisks(xml)) drives.set(disk.drive, await this.trueSource(lease, dom, vmId, disk.drive, disk));
+      for (const disk of disks) drives.set(disk.drive, await this.trueSource(lease, dom, vmId, disk.drive, disk));
       return drives;
     });
   }
 
   async updateDevice(vmId: string, drive: string, source: DriveSource | null): Promise<void> {
-    await this.onDomain(vmId, async (lease, dom) => this.changeMedium(lease, dom, vmId, drive, source, await this.state(lease, dom, vmId)));
+    const token = this.docs.updating(vmId);
+    let now: CdromDisk | undefined;
+    try {
+      now = await this.onDomain(vmId, async (lease, dom) => this.changeMedium(lease, dom, vmId, drive, source, await this.state(lease, dom, vmId)));
+    } finally {
+      this.docs.updated(vmId, token, drive, now);
+    }
   }
 
+  /** From what this adapter last read or wrote while events can tell it changed (DomainDocs). */
   async getMetadata(vmId: string, ns: MetadataNamespace): Promise<string | null> {
+    const known = this.docs.metadataOf(vmId, ns.uri);
+    if (known !== undefined) return known;
+    const version = this.docs.metadataVersion(vmId, ns.uri);
+    const xml = await this.readMetadata(vmId, ns);
+    this.docs.keepMetadata(vmId, ns.uri, xml, version);
+    return xml;
+  }
+
+  private async readMetadata(vmId: string, ns: MetadataNamespace): Promise<string | null> {
     const k = this.virt.constants;
     // AFFECT_CURRENT (0): the live definition of a running domain, else the persistent one;
     // no state round trip needed (reads are on every command's path).
@@ -176,6 +200,17 @@ export class LibvirtHypervisor implements HypervisorPort {
       throw new CdromError('INTERNAL', `metadata for ${ns.uri} is not usable: ${String(err)}`, { cause: err });
     }
     const k = this.virt.constants;
+    const token = this.docs.writing(vmId, ns.uri);
+    let written = false;
+    try {
+      await this.writeMetadata(vmId, ns, body, k);
+      written = true;
+    } finally {
+      this.docs.wrote(vmId, ns.uri, token, written ? xml : undefined);
+    }
+  }
+
+  private async writeMetadata(vmId: string, ns: MetadataNamespace, body: string | null, k: VirtBinding['constants']): Promise<void> {
     await this.onDomain(vmId, async (lease, dom) => {
       const write = (s: StateRead): Promise<void> =>
         this.call(
@@ -211,8 +246,9 @@ export class LibvirtHypervisor implements HypervisorPort {
 
   // ---- changing the medium -----------------------------------------------------------
 
-  private async changeMedium(lease: Lease, dom: NativeDomain, vmId: string, drive: string, source: DriveSource | null, used: StateRead): Promise<void> {
-    const disk = await this.disk(lease, dom, vmId, drive);
+  /** Returns the drive's element as sent: what the drive holds now. */
+  private async changeMedium(lease: Lease, dom: NativeDomain, vmId: string, drive: string, source: DriveSource | null, used: StateRead): Promise<CdromDisk> {
+    const disk = await this.disk(lease, dom, vmId, drive, true);
     const before = sourceOf(disk.element);
     const k = this.virt.constants;
     // Eject even when the guest has locked the tray: the engine's eject is authoritative.
@@ -221,6 +257,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     const what = `change ${vmId}/${drive} to ${source === null ? 'empty' : source.path}`;
     try {
       await this.call(lease, 'update', what, 'write', () => dom.updateDeviceFlags(xml, flags), vmId);
+      return { drive, element: parseXml(xml) };
     } catch (err) {
       // Made for a state the domain is no longer in: refused before anything changed, so
       // read the disk again (an inactive domain shows its persistent one) and write again.
@@ -293,10 +330,18 @@ export class LibvirtHypervisor implements HypervisorPort {
     return this.call(lease, 'read', `XMLDesc of ${vmId}`, 'read', () => dom.xmlDesc(0), vmId);
   }
 
-  private async disk(lease: Lease, dom: NativeDomain, vmId: string, drive: string): Promise<CdromDisk> {
-    const xml = await this.domainXml(lease, dom, vmId);
-    const disk = findCdromDisk(xml, drive);
-    if (disk === null) throw new CdromError('DRIVE_NOT_FOUND', `VM ${vmId} has no CD-ROM ${drive}`);
+  /**
+   * The drive's `<disk>`: as last read or sent when events say nothing changed it since
+   * (`cached`: also while an own update of the domain runs — the one asking), else read.
+   */
+  private async disk(lease: Lease, dom: NativeDomain, vmId: string, drive: string, updating = false): Promise<CdromDisk> {
+    const known = this.docs.diskOf(vmId, drive, updating);
+    if (known !== undefined) return known;
+    const version = this.docs.disksVersion(vmId);
+    const disks = cdromDisks(await this.domainXml(lease, dom, vmId));
+    if (!updating) this.docs.keepDisks(vmId, disks, version);
+    const disk = disks.find((d) => d.drive === drive);
+    if (disk === undefined) throw new CdromError('DRIVE_NOT_FOUND', `VM ${vmId} has no CD-ROM ${drive}`);
     return disk;
   }
 
@@ -381,6 +426,7 @@ export class LibvirtHypervisor implements HypervisorPort {
       if (vmId !== undefined && libvirtCode(err) === k.VIR_ERR_NO_DOMAIN) {
         lease.c.domains.delete(vmId.toLowerCase());
         this.states.invalidate(vmId);
+        this.docs.forget(vmId);
       }
       if (connectionLost && mode === 'write' && vmId !== undefined) await this.untilLanded(vmId, context);
       throw classifyLibvirtError(err, op, k, context);
@@ -425,6 +471,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     // Any lifecycle event (started, stopped, defined, undefined, suspended, …) may change
     // what a write must reach: forget the state now, before the next write can use it.
     if (e.kind === 'lifecycle') this.states.invalidate(e.uuid);
+    this.docsSee(e);
     if (this.listeners.size === 0) return;
     this.eventChain = this.eventChain
       .then(async () => {
@@ -432,6 +479,23 @@ export class LibvirtHypervisor implements HypervisorPort {
         if (mapped !== null) this.emit(mapped);
       })
       .catch((err: unknown) => this.log.error({ err }, 'domain event listener failed'));
+  }
+
+  /** What each event says about the documents kept in DomainDocs. */
+  private docsSee(e: Exclude<NativeEvent, { kind: 'close' }>): void {
+    switch (e.kind) {
+      case 'lifecycle':
+      case 'device-removed':
+        this.docs.forget(e.uuid);
+        return;
+      case 'tray-change':
+        this.docs.onTrayEvent(e.uuid);
+        return;
+      case 'metadata-change':
+        // title and description are not element namespaces
+        if (e.type === this.virt.constants.VIR_DOMAIN_METADATA_ELEMENT) this.docs.onMetadataEvent(e.uuid, e.nsUri);
+        return;
+    }
   }
 
   private async mapEvent(e: Exclude<NativeEvent, { kind: 'close' }>): Promise<DomainEvent | null> {
