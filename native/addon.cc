@@ -3,6 +3,7 @@
 #include "common.h"
 #include "connection.h"
 #include "domain.h"
+#include "lvm_mda.h"
 
 #include <chrono>
 #include <mutex>
@@ -219,6 +220,7 @@ Napi::Object InitExports(Napi::Env env, Napi::Object exports) {
   exports.Set("executorStats", Napi::Function::New(env, ExecutorStatsJs, "executorStats"));
   exports.Set("debugCounts", Napi::Function::New(env, DebugCountsJs, "debugCounts"));
   exports.Set("debugFailpoint", Napi::Function::New(env, DebugFailpoint, "debugFailpoint"));
+  exports.Set("readDirect", Napi::Function::New(env, ReadDirect, "readDirect"));
   exports.Set("Connection", conn);
   exports.Set("Domain", dom);
   exports.Set("constants", Constants(env));

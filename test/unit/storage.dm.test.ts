@@ -13,7 +13,9 @@ import {
   LV,
   OTHER_IMAGE,
   OTHER_LV,
+  PV,
   PVS_EMPTY,
+  type PvsOptions,
   STDERR_FILESYSTEM_IN_USE,
   STDERR_IN_USE,
   STDERR_LV_NOT_FOUND,
@@ -25,6 +27,7 @@ import {
   lvsAttr,
   pvsSegments,
 } from './storage.lvm-fixtures.js';
+import { ImageReader, metadataText, pvImage } from './storage.mda-fixtures.js';
 
 const exit5 = (stderr: string): CommandFailure => new CommandFailure('exit', 5, '', stderr, `lvm: ${stderr.trim()}`);
 
@@ -40,6 +43,9 @@ interface Call {
  */
 class FakeLvm {
   readonly calls: Call[] = [];
+  /** The PV as O_DIRECT reads see it: its metadata area holds the VG's current seqno. */
+  readonly disk = new ImageReader();
+  private vgState: PvsOptions & { seqno: number } = { seqno: 7 };
   readonly active = new Set<string>();
   readonly open = new Set<string>();
   vgExists = true;
@@ -47,6 +53,20 @@ class FakeLvm {
   maxInFlight = 0;
   private failures: CommandFailure[] = [];
   private hang = false;
+
+  constructor() {
+    this.writeMetadata();
+  }
+
+  /** A change of the VG (any host): new state, seqno bumped, as LVM commits it. */
+  change(state: PvsOptions): void {
+    this.vgState = { ...this.vgState, ...state, seqno: this.vgState.seqno + 1 };
+    this.writeMetadata();
+  }
+
+  private writeMetadata(): void {
+    this.disk.images.set(PV, pvImage({ text: metadataText(VG, this.vgState.seqno), textOffset: 512 + 1024 * (this.vgState.seqno % 4) }));
+  }
 
   failNext(failure: CommandFailure): void {
     this.failures.push(failure);
@@ -88,7 +108,7 @@ class FakeLvm {
   private answer(file: string, args: readonly string[]): string {
     const target = args[args.length - 1] ?? '';
     const lv = target.split('/')[1] ?? '';
-    if (file === 'pvs') return this.vgExists && target === `vg_name=${VG}` ? pvsSegments(this.attr(LV), this.attr(OTHER_LV)) : PVS_EMPTY;
+    if (file === 'pvs') return this.vgExists && target === `vg_name=${VG}` ? pvsSegments(this.attr(LV), this.attr(OTHER_LV), this.vgState) : PVS_EMPTY;
     if (file === 'lvchange' && args.includes('y')) {
       this.active.add(lv);
       return '';
@@ -149,7 +169,7 @@ describe('dm activation through the storage adapter (fake LVM runner)', () => {
   let root: string;
   let lvm: FakeLvm;
   const storage = (extra: Partial<StorageOptions> = {}) =>
-    createStorage({ storageRoot: root, activation: 'dm', logger: silentLogger(), runner: lvm.runner, ...extra });
+    createStorage({ storageRoot: root, activation: 'dm', logger: silentLogger(), runner: lvm.runner, directReader: lvm.disk.read, ...extra });
   const link = (p: Pdiv) => join(root, 'mnt/blockSD', p.domainID, 'images', p.imageID, p.volumeID);
 
   beforeEach(async () => {
@@ -165,7 +185,7 @@ describe('dm activation through the storage adapter (fake LVM runner)', () => {
     expect(await s.prepareVolume(media)).toEqual({ path: link(media), diskType: 'block' });
     expect(await readlink(link(media))).toBe(`/dev/${VG}/${LV}`);
     expect(lvm.commands()).toEqual([
-      `pvs --segments --units b --nosuffix --reportformat json -o pv_name,pe_start,pvseg_start,pvseg_size,vg_extent_size,vg_name,lv_name,lv_tags,lv_attr -S vg_name=${VG}`,
+      `pvs --segments --units b --nosuffix --reportformat json -o pv_name,pe_start,pvseg_start,pvseg_size,vg_extent_size,vg_name,lv_name,lv_tags,lv_attr,vg_seqno,vg_uuid,pv_mda_used_count -S vg_name=${VG}`,
       `lvchange --activate y ${VG}/${LV}`,
     ]);
     const call = lvm.calls[1];
@@ -181,11 +201,54 @@ describe('dm activation through the storage adapter (fake LVM runner)', () => {
     expect(lvm.calls[0]?.args.slice(0, 2)).toEqual(['--config', 'activation { retry_deactivation = 0 }']);
   });
 
-  it('caches the LV lookup: a second prepare costs only the lvchange', async () => {
+  it('caches the LV lookup: a second prepare costs only the lvchange, a teardown only the lvchange', async () => {
     const s = storage();
     await s.prepareVolume(media);
     await s.prepareVolume(media);
+    await s.prepareVolume(other);
+    await s.teardownVolume(media);
     expect(lvm.commands().filter((c) => c.startsWith('pvs'))).toHaveLength(1);
+  });
+
+  const pvsCount = (): number => lvm.commands().filter((c) => c.startsWith('pvs')).length;
+
+  it.each<[string, PvsOptions]>([
+    ['its IU_ tag removed', { lvTags: 'MD_4' }],
+    ['removed', { lvName: randomUUID() }],
+    ['renamed', { lvName: `${LV}-renamed` }],
+  ])('an LV cached and then %s is VOLUME_NOT_FOUND (the VG seqno changed: one pvs)', async (_, change) => {
+    const s = storage();
+    await s.prepareVolume(media);
+    lvm.change(change);
+    expect((await codeOf(s.prepareVolume(media))).code).toBe('VOLUME_NOT_FOUND');
+    expect(pvsCount()).toBe(2);
+    // Changed back (seqno bumped again): found again.
+    lvm.change({ lvTags: `IU_${IMAGE}`, lvName: LV });
+    expect(await s.prepareVolume(media)).toEqual({ path: link(media), diskType: 'block' });
+    expect(pvsCount()).toBe(3);
+  });
+
+  it('an unreadable metadata area, or none in use, means asking LVM every time', async () => {
+    const s = storage();
+    await s.prepareVolume(media);
+    lvm.disk.images.delete(PV);
+    await s.prepareVolume(media);
+    await s.prepareVolume(media);
+    expect(pvsCount()).toBe(3);
+    // Every PV --metadatacopies 0 (or ignored): nothing to watch, even if a PV could be read.
+    lvm.change({ mdaUsed: 0 });
+    const t = storage();
+    await t.prepareVolume(media);
+    await t.prepareVolume(media);
+    expect(pvsCount()).toBe(5);
+  });
+
+  it('another VG of the same name (other VG id) on the PV is a change', async () => {
+    const s = storage();
+    await s.prepareVolume(media);
+    lvm.disk.images.set(PV, pvImage({ text: metadataText(VG, 7, 'aaaaaa-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa') }));
+    await s.prepareVolume(media);
+    expect(pvsCount()).toBe(2);
   });
 
   it('an LVM lookup that fails is PREPARE_FAILED, not retried', async () => {

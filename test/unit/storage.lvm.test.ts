@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { KeyedMutex } from '../../src/domain/keyed-mutex.js';
 import { devNoOf } from '../../src/infra/storage/loop-devices.js';
 import { lvmConfig, parsePvSegments, validateLvmFilter, volumesOf, type PvSegment } from '../../src/infra/storage/lvm.command.js';
-import { IMAGE, LV, OTHER_LV, PVS_EMPTY, VG, pvsSegments } from './storage.lvm-fixtures.js';
+import { IMAGE, LV, OTHER_LV, PVS_EMPTY, VG, VG_UUID, pvsSegments } from './storage.lvm-fixtures.js';
 
 describe('LVM report parsing and loop geometry', () => {
   it('places each LV on its PV in bytes: pe_start + first extent * extent size', () => {
@@ -25,7 +25,7 @@ describe('LVM report parsing and loop geometry', () => {
 
   const seg = (over: Partial<PvSegment>): PvSegment => ({
     pvName: '/dev/loop3', peStart: 1048576, segStart: 0, segSize: 1, extentSize: 4194304,
-    vgName: VG, lvName: LV, lvTags: [], lvAttr: '', ...over,
+    vgName: VG, lvName: LV, lvTags: [], lvAttr: '', vgSeqno: 1, vgUuid: VG_UUID, pvMdaUsedCount: 1, ...over,
   });
 
   it('adjacent segments merge; a gap or a second PV makes the LV unmappable by one loop device', () => {

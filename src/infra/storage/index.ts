@@ -2,11 +2,13 @@ import type { Logger } from '../logging.js';
 import type { StoragePort } from '../../domain/ports.js';
 import type { Activator } from './activation.js';
 import { execFileRunner, type CommandRunner } from './command.runner.js';
+import { readDirect, type DirectReader } from './direct-read.native.js';
 import { DmActivator } from './dm.activation.js';
 import { FileDomains } from './file.storage.js';
 import { LegacyPaths } from './legacy-path.js';
 import { LoopActivator } from './loop.activation.js';
 import { LvmCli } from './lvm.command.js';
+import { readVgMetadataHead } from './lvm.mda.js';
 import { BlockDomains } from './lvm.storage.js';
 import { StorageAdapter } from './storage.adapter.js';
 
@@ -28,6 +30,8 @@ export interface StorageOptions {
   readonly logger: Logger;
   /** Tests inject a fake to replay LVM output. */
   readonly runner?: CommandRunner;
+  /** O_DIRECT reads of PVs (the addon's `readDirect`); tests inject PV images. */
+  readonly directReader?: DirectReader;
 }
 
 export const DEFAULT_STORAGE_ROOT = '/rhev/data-center';
@@ -35,6 +39,7 @@ export const DEFAULT_STORAGE_ROOT = '/rhev/data-center';
 export function createStorage(options: StorageOptions): StoragePort {
   const root = options.storageRoot ?? DEFAULT_STORAGE_ROOT;
   const runner = options.runner ?? execFileRunner;
+  const directReader = options.directReader ?? readDirect;
   const commandTimeoutMs = options.commandTimeoutMs ?? 20_000;
   const logger = options.logger.child({ component: 'storage' });
   const lvm = new LvmCli({
@@ -48,7 +53,7 @@ export function createStorage(options: StorageOptions): StoragePort {
       ? new LoopActivator({ lvm, runner, logger, commandTimeoutMs })
       : new DmActivator({ lvm, logger });
   return new StorageAdapter({
-    block: new BlockDomains({ lvm, activator, root, logger }),
+    block: new BlockDomains({ lvm, activator, root, logger, readMetadataHead: (pv) => readVgMetadataHead(pv, directReader) }),
     files: new FileDomains(root),
     legacy: new LegacyPaths(options.isoDirs ?? [`${root}/mnt`]),
     logger: options.logger,
@@ -59,3 +64,4 @@ export function createStorage(options: StorageOptions): StoragePort {
 
 export type { CommandRunner, CommandResult, RunOptions } from './command.runner.js';
 export { CommandFailure } from './command.runner.js';
+export type { ByteRange, DirectReader } from './direct-read.native.js';

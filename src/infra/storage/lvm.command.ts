@@ -12,6 +12,11 @@ export interface PvSegment {
   readonly lvName: string;
   readonly lvTags: readonly string[];
   readonly lvAttr: string;
+  /** The VG metadata's sequence number this report was read at (null: not reported). */
+  readonly vgSeqno: number | null;
+  readonly vgUuid: string;
+  /** Metadata areas on this PV that LVM keeps current (null: not reported). */
+  readonly pvMdaUsedCount: number | null;
 }
 
 /** A logical volume where it lies on its PV, in bytes: what loop activation maps. */
@@ -60,12 +65,19 @@ export function lvmConfig(filter: readonly string[] | undefined, disableActivati
 
 export const LVM_ENV: Readonly<Record<string, string>> = { LVM_SUPPRESS_FD_WARNINGS: '1' };
 
-const SEGMENT_FIELDS = 'pv_name,pe_start,pvseg_start,pvseg_size,vg_extent_size,vg_name,lv_name,lv_tags,lv_attr';
+// vg_seqno comes from the same metadata read as the geometry: a cache keyed on it can
+// never label geometry with a seqno it was not read at.
+const SEGMENT_FIELDS = 'pv_name,pe_start,pvseg_start,pvseg_size,vg_extent_size,vg_name,lv_name,lv_tags,lv_attr,vg_seqno,vg_uuid,pv_mda_used_count';
 
 function bytes(value: unknown, field: string): number {
   const n = typeof value === 'string' ? Number(value.replace(/B$/, '')) : NaN;
   if (!Number.isSafeInteger(n) || n < 0) throw new CdromError('INTERNAL', `unexpected LVM ${field} ${JSON.stringify(value)}`);
   return n;
+}
+
+function countOrNull(value: unknown): number | null {
+  const n = typeof value === 'string' && value !== '' ? Number(value) : NaN;
+  return Number.isSafeInteger(n) && n >= 0 ? n : null;
 }
 
 function text(value: unknown): string {
@@ -94,6 +106,9 @@ export function parsePvSegments(stdout: string): PvSegment[] {
       lvName: text(row.lv_name),
       lvTags: text(row.lv_tags).split(',').filter(Boolean),
       lvAttr: text(row.lv_attr),
+      vgSeqno: countOrNull(row.vg_seqno),
+      vgUuid: text(row.vg_uuid),
+      pvMdaUsedCount: countOrNull(row.pv_mda_used_count),
     };
   });
 }

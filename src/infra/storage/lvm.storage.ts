@@ -5,13 +5,17 @@ import type { ErrorCode } from '../../domain/errors.js';
 import { UUID_RE, type Pdiv } from '../../domain/media.js';
 import type { PreparedVolume, TeardownResult, VolumeActivation } from '../../domain/ports.js';
 import type { Activator } from './activation.js';
-import { volumesOf, type LvmCli, type LvVolume } from './lvm.command.js';
+import type { LvmCli, LvVolume } from './lvm.command.js';
+import { VgGeometry } from './lvm.geometry.js';
+import type { VgMetadataHead } from './lvm.mda.js';
 import { blockDevNo } from './loop-devices.js';
 import { errnoOf, notFound, storageError } from './storage.errors.js';
 
 export interface BlockDomainsOptions {
   readonly lvm: LvmCli;
   readonly activator: Activator;
+  /** The VG metadata head on a PV (lvm.mda.ts), to know when cached geometry is stale. */
+  readonly readMetadataHead: (pv: string) => Promise<VgMetadataHead>;
   readonly root: string;
   readonly logger: Logger;
 }
@@ -31,12 +35,13 @@ function hasImageTag(volume: LvVolume, imageID: string): boolean {
  * Preparing activates the LV and points the vdsm-style link at its device.
  */
 export class BlockDomains {
-  /** LV placement costs ~50 ms of LVM per lookup and does not change for an ISO volume. */
-  private readonly geometry = new Map<string, LvVolume>();
+  private readonly geometry: VgGeometry;
   /** Pools learned from prepare requests; LVM itself does not know the pool. */
   private readonly pools = new Map<string, string>();
 
-  constructor(private readonly options: BlockDomainsOptions) {}
+  constructor(private readonly options: BlockDomainsOptions) {
+    this.geometry = new VgGeometry({ lvm: options.lvm, readHead: options.readMetadataHead, logger: options.logger });
+  }
 
   get activationMode(): 'dm' | 'loop' {
     return this.options.activator.mode;
@@ -48,38 +53,38 @@ export class BlockDomains {
 
   /**
    * The LV of `pdiv`, or null when no VG is named after the domain (not a block domain).
-   * Throws VOLUME_NOT_FOUND when the VG lacks the LV or the LV lacks the image tag.
+   * Throws VOLUME_NOT_FOUND when the VG lacks the LV or the LV lacks the image tag —
+   * also for an LV removed, renamed or untagged after it was last looked up: the
+   * geometry cache is checked against the VG's metadata seqno every time.
    */
   async find(pdiv: Pdiv, signal: AbortSignal, failure: ErrorCode): Promise<LvVolume | null> {
-    const key = `${pdiv.domainID}/${pdiv.volumeID}`;
-    let volume = this.geometry.get(key);
-    // Loop mode maps the PV by name: a PV that went away (re-attached under another
-    // name) makes the cached placement stale. dm mode leaves PVs to LVM.
-    if (volume !== undefined && this.options.activator.mode === 'loop' && (await blockDevNo(volume.pv)) === null) {
-      this.geometry.delete(key);
-      volume = undefined;
+    let volume = await this.lookup(pdiv, signal, failure);
+    // Loop mode maps the PV by name, which is not in the VG's metadata: a PV re-attached
+    // under another name leaves the seqno alone. dm mode leaves PVs to LVM.
+    if (volume !== undefined && volume !== null && this.options.activator.mode === 'loop' && (await blockDevNo(volume.pv)) === null) {
+      this.geometry.forget(pdiv.domainID);
+      volume = await this.lookup(pdiv, signal, failure);
     }
-    if (volume === undefined) {
-      let segments;
-      try {
-        segments = await this.options.lvm.segments(pdiv.domainID, signal);
-      } catch (err) {
-        throw storageError(err, failure, `reading VG ${pdiv.domainID}`);
-      }
-      if (segments.length === 0) return null;
-      volume = volumesOf(segments).find((v) => v.lv === pdiv.volumeID);
-      if (volume === undefined) throw notFound(`no LV ${pdiv.volumeID} in VG ${pdiv.domainID}`);
-      this.geometry.set(key, volume);
-    }
+    if (volume === null) return null;
+    if (volume === undefined) throw notFound(`no LV ${pdiv.volumeID} in VG ${pdiv.domainID}`);
     if (!hasImageTag(volume, pdiv.imageID)) {
-      this.geometry.delete(key);
       throw notFound(`LV ${pdiv.domainID}/${pdiv.volumeID} has no tag ${IMAGE_TAG}${pdiv.imageID}`);
     }
     return volume;
   }
 
+  /** null: no such VG; undefined: no such LV in it. */
+  private async lookup(pdiv: Pdiv, signal: AbortSignal, failure: ErrorCode): Promise<LvVolume | null | undefined> {
+    try {
+      const volumes = await this.geometry.volumes(pdiv.domainID, signal);
+      return volumes === null ? null : volumes.get(pdiv.volumeID);
+    } catch (err) {
+      throw storageError(err, failure, `reading VG ${pdiv.domainID}`);
+    }
+  }
+
   forget(pdiv: Pdiv): void {
-    this.geometry.delete(`${pdiv.domainID}/${pdiv.volumeID}`);
+    this.geometry.forget(pdiv.domainID);
   }
 
   async prepare(volume: LvVolume, pdiv: Pdiv, signal: AbortSignal): Promise<PreparedVolume> {
