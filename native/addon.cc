@@ -3,6 +3,7 @@
 #include "common.h"
 #include "connection.h"
 #include "domain.h"
+#include "loop.h"
 #include "lvm_mda.h"
 
 #include <chrono>
@@ -224,6 +225,7 @@ Napi::Object InitExports(Napi::Env env, Napi::Object exports) {
   exports.Set("Connection", conn);
   exports.Set("Domain", dom);
   exports.Set("constants", Constants(env));
+  InitLoop(env, exports);
   return exports;
 }
 
