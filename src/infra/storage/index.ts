@@ -25,7 +25,7 @@ export interface StorageOptions {
   readonly prepareTimeoutMs?: number;
   /** Whole teardown, likewise. Default 30 s. */
   readonly teardownTimeoutMs?: number;
-  /** One LVM or losetup process. Default 20 s. */
+  /** One LVM process. Default 20 s. */
   readonly commandTimeoutMs?: number;
   readonly logger: Logger;
   /** Tests inject a fake to replay LVM output. */
@@ -50,7 +50,7 @@ export function createStorage(options: StorageOptions): StoragePort {
   });
   const activator: Activator =
     options.activation === 'loop'
-      ? new LoopActivator({ lvm, runner, logger, commandTimeoutMs })
+      ? new LoopActivator({ lvm, logger })
       : new DmActivator({ lvm, logger });
   return new StorageAdapter({
     block: new BlockDomains({ lvm, activator, root, logger, readMetadataHead: (pv) => readVgMetadataHead(pv, directReader) }),

@@ -33,32 +33,38 @@ async function readSys(path: string): Promise<string | null> {
  * kernel's truth, which survives a worker restart.
  */
 export async function listLoopMappings(): Promise<LoopMapping[]> {
-  const names = (await readdir(SYS_BLOCK)).filter((n) => /^loop\d+$/.test(n));
-  const found = await Promise.all(
-    names.map(async (name): Promise<LoopMapping | null> => {
-      const dir = `${SYS_BLOCK}/${name}/loop`;
-      // A detached device keeps its sysfs node but has no loop/ directory.
-      const backingFile = await readSys(`${dir}/backing_file`);
-      if (backingFile === null) return null;
-      const [offset, sizeLimit, autoclear, devNo] = await Promise.all([
-        readSys(`${dir}/offset`),
-        readSys(`${dir}/sizelimit`),
-        readSys(`${dir}/autoclear`),
-        readSys(`${SYS_BLOCK}/${name}/dev`),
-      ]);
-      if (offset === null || sizeLimit === null || devNo === null) return null;
-      return {
-        device: `/dev/${name}`,
-        name,
-        devNo,
-        backingFile: backingFile.replace(/ \(deleted\)$/, ''),
-        offset: Number(offset),
-        sizeLimit: Number(sizeLimit),
-        autoclear: autoclear === '1',
-      };
-    }),
-  );
+  const names = (await readdir(SYS_BLOCK)).filter((n) => LOOP_NAME.test(n));
+  const found = await Promise.all(names.map((name) => readLoopMapping(name)));
   return found.filter((m): m is LoopMapping => m !== null);
+}
+
+const LOOP_NAME = /^loop\d+$/;
+
+/** One loop device (`loop3` or `/dev/loop3`) as sysfs shows it now, or null when it is not attached. */
+export async function readLoopMapping(device: string): Promise<LoopMapping | null> {
+  const name = device.startsWith('/dev/') ? device.slice(5) : device;
+  if (!LOOP_NAME.test(name)) return null;
+  const dir = `${SYS_BLOCK}/${name}/loop`;
+  // A detached device keeps its sysfs node but has no loop/ directory: most of the
+  // devices a list finds end at this first read.
+  const backingFile = await readSys(`${dir}/backing_file`);
+  if (backingFile === null) return null;
+  const [offset, sizeLimit, autoclear, devNo] = await Promise.all([
+    readSys(`${dir}/offset`),
+    readSys(`${dir}/sizelimit`),
+    readSys(`${dir}/autoclear`),
+    readSys(`${SYS_BLOCK}/${name}/dev`),
+  ]);
+  if (offset === null || sizeLimit === null || devNo === null) return null;
+  return {
+    device: `/dev/${name}`,
+    name,
+    devNo,
+    backingFile: backingFile.replace(/ \(deleted\)$/, ''),
+    offset: Number(offset),
+    sizeLimit: Number(sizeLimit),
+    autoclear: autoclear === '1',
+  };
 }
 
 /** `major:minor` of a block device node, or null when it is not one (or is gone). */
