@@ -12,6 +12,7 @@ import type { RecoveryResult } from './recovery.bench.js';
 import type { MemoryResult } from './memory.bench.js';
 import type { ThroughputResult } from './throughput.bench.js';
 import type { HungResult } from './hung.bench.js';
+import type { OpenersResult } from './openers.bench.js';
 
 /**
  * `npm run bench`: every section runs in its own Node process (clean heap for the
@@ -22,6 +23,7 @@ import type { HungResult } from './hung.bench.js';
  *   npm run bench -- --quick           smaller counts, a few minutes
  *   npm run bench -- --only overhead,memory
  *   npm run bench -- hung               the same: sections named as arguments
+ *   npm run bench -- --only openers    loop attach/detach and the opener check (no VMs, ~20 s)
  *   npm run bench -- --profile         also node --cpu-prof of overhead and throughput
  *   npm run bench -- --only overhead,throughput --tracing
  *                                      also runs them with tracing on (OTLP/HTTP to a local
@@ -42,7 +44,7 @@ const quick = argv.includes('--quick') || process.env['BENCH_QUICK'] === '1';
 const profile = argv.includes('--profile') || process.env['BENCH_PROFILE'] === '1';
 const fakesInProcess = argv.includes('--in-process');
 const tracing = argv.includes('--tracing') || process.env['BENCH_TRACING'] === '1';
-const SECTION_NAMES = ['overhead', 'throughput', 'recovery', 'memory', 'memory-ttl0', 'parallel', 'hung', 'overhead-tracing', 'throughput-tracing'] as const;
+const SECTION_NAMES = ['overhead', 'throughput', 'recovery', 'memory', 'memory-ttl0', 'parallel', 'hung', 'openers', 'overhead-tracing', 'throughput-tracing'] as const;
 const named = argv.filter((a, i) => (SECTION_NAMES as readonly string[]).includes(a) && argv[i - 1] !== '--only');
 const only = [...(argValue(argv, 'only') ?? process.env['BENCH_ONLY'] ?? '').split(',').filter(Boolean), ...named];
 const out = argValue(argv, 'out') ?? join(BENCH, quick ? 'results.quick.json' : 'results.json');
@@ -72,6 +74,7 @@ const SECTIONS: readonly Section[] = [
   { name: 'throughput-tracing', base: 'throughput', file: 'throughput.run.ts', args: quick ? { total: 5000, drives: 1000, concurrency: 16, rounds: 1, tracing: 1 } : { total: 20_000, drives: 1000, concurrency: 16, rounds: 3, tracing: 1 } },
   { name: 'parallel', file: 'parallel.bench.ts', args: quick ? { vms: 4, 'per-vm': 10, round: 5 } : { vms: 8, 'per-vm': 100, round: 10 } },
   { name: 'hung', file: 'hung.bench.ts', args: { changes: quick ? 30 : 40, 'hang-ms': 25_000, 'step-timeout-ms': 2000 } },
+  { name: 'openers', file: 'openers.bench.ts', args: quick ? { checks: 300, rounds: 50 } : { checks: 2000, rounds: 200 } },
 ];
 
 let current: ChildProcess | null = null;
@@ -203,6 +206,15 @@ function rows(r: Partial<Record<SectionName, unknown>>): Row[] {
     out.push({ item: '6 hung VM', metric: `change A↔B on a real VM during a ${during}, p50 (n=${hv.hung.n})`, value: ms(hv.hung.p50), baseline: `${ms(hv.normal.p50)} without (n=${hv.normal.n})`, target: '≤ 1.2×', pass: hv.ratioP50 <= 1.2 });
     out.push({ item: '6 hung VM', metric: 'same, p99 (max)', value: `${ms(hv.hung.p99)} (${ms(hv.hung.max)})`, baseline: `${ms(hv.normal.p99)} (${ms(hv.normal.max)})`, target: 'report', pass: null });
     out.push({ item: '6 hung VM', metric: "the hung VM's commands after SIGCONT (ms from SIGSTOP)", value: hv.hungVm.map((c) => `${c.outcome === 'completed' ? 'completed' : 'FAILED'} ${(c.ms / 1000).toFixed(1)} s`).join(', '), baseline: '', target: 'report', pass: null });
+  }
+  const op = r.openers as OpenersResult | undefined;
+  if (op) {
+    const pp = (x: { p50: number; p99: number }): string => `${ms(x.p50)} / ${ms(x.p99)}`;
+    out.push({ item: '7 loop', metric: `opener check, device nobody holds: every fd on the host (${op.hostFds} fds, ${op.hostProcesses} processes), p50 / p99 (n=${op.checks})`, value: pp(op.free), baseline: `${pp(op.oldScan)} old libuv scan`, target: '≤ 5 ms', pass: op.free.p50 <= 5 });
+    out.push({ item: '7 loop', metric: 'opener check, device a child process holds, p50 / p99', value: pp(op.held), baseline: '', target: 'report', pass: null });
+    out.push({ item: '7 loop', metric: 'longest event-loop stall during the checks', value: ms(op.maxLoopDelayMs), baseline: `${ms(op.oldScanMaxLoopDelayMs)} old scan`, target: 'report', pass: null });
+    out.push({ item: '7 loop', metric: `loop attach + detach, p50 / p99 (n=${op.rounds}, RSS ${op.rssMb} MB)`, value: `${pp(op.ioctl)} ioctls`, baseline: `${pp(op.losetup)} two losetup spawns`, target: 'report', pass: null });
+    out.push({ item: '7 loop', metric: 'LoopActivator activate / deactivate (nobody holding it), p50', value: `${ms(op.activateP50)} / ${ms(op.deactivateP50)}`, baseline: '', target: 'report', pass: null });
   }
   return out;
 }
