@@ -55,10 +55,10 @@ async function main(): Promise<void> {
       return { poolID: randomUUID(), domainID: domain.vg, imageID: v.imageID, volumeID: v.volumeID };
     };
     const samples: Record<string, number[]> = {
-      'prepare, cold (fresh adapter: LVM lookup + losetup)': [],
-      'prepare, geometry cached (losetup)': [],
+      'prepare, cold (fresh adapter: LVM lookup + loop attach)': [],
+      'prepare, geometry cached (loop attach)': [],
       'prepare, already active (idempotent)': [],
-      'teardown (opener scan + losetup -d)': [],
+      'teardown (opener scan + loop detach)': [],
       'teardown, already inactive': [],
       'volumeActivation': [],
       'listActiveVolumes (one active)': [],
@@ -70,16 +70,16 @@ async function main(): Promise<void> {
     const media = pdiv(0);
     for (let i = 0; i < rounds; i++) {
       const cold = createStorage(options);
-      await timed(at('prepare, cold (fresh adapter: LVM lookup + losetup)'), () => cold.prepareVolume(media));
+      await timed(at('prepare, cold (fresh adapter: LVM lookup + loop attach)'), () => cold.prepareVolume(media));
       await cold.teardownVolume(media);
     }
     const s = createStorage(options);
     for (let i = 0; i < rounds; i++) {
-      await timed(at('prepare, geometry cached (losetup)'), () => s.prepareVolume(media));
+      await timed(at('prepare, geometry cached (loop attach)'), () => s.prepareVolume(media));
       await timed(at('prepare, already active (idempotent)'), () => s.prepareVolume(media));
       await timed(at('volumeActivation'), () => s.volumeActivation(media));
       await timed(at('listActiveVolumes (one active)'), () => s.listActiveVolumes());
-      await timed(at('teardown (opener scan + losetup -d)'), () => s.teardownVolume(media));
+      await timed(at('teardown (opener scan + loop detach)'), () => s.teardownVolume(media));
       await timed(at('teardown, already inactive'), () => s.teardownVolume(media));
     }
     // What every cached lookup costs now, against what it would cost without the cache.
