@@ -57,7 +57,7 @@ export function loopDetach(device: string): Promise<LoopDetachOutcome> {
 export const QEMU_PID_DIR = '/run/libvirt/qemu';
 
 /**
- * Processes holding the block device `major:minor` open: one fstatat per /proc/<pid>/fd
+ * Processes holding the block device `major:minor` open: one statx per /proc/<pid>/fd
  * entry, comparing device numbers, QEMU processes (pid files in `qemuPidDir`) first.
  */
 export function blockHolders(major: number, minor: number, firstOnly: boolean, qemuPidDir = QEMU_PID_DIR): Promise<BlockHolderScan> {

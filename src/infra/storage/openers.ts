@@ -27,7 +27,7 @@ function majorMinor(devNo: string): [number, number] {
  * comparing device numbers. Names are useless here: libvirt runs QEMU in its own mount
  * namespace with its own copy of the node, which `fuser` does not see.
  *
- * The scan runs in the addon (native/loop.cc) on its executor: one fstatat per fd, QEMU
+ * The scan runs in the addon (native/loop.cc) on its executor: one statx per fd, QEMU
  * processes first. Through libuv (readdir/readlink/stat per fd) it took ~21 ms p50 and
  * 47 ms p99 for ~545 fds; synchronous fs calls ~6.6 ms but on the event loop; natively
  * ~2 ms for ~700 fds, off the loop. `firstOnly` stops at the first holder, which is all a
