@@ -4,7 +4,7 @@
 
 namespace virt {
 
-// loopAttach, loopDetach, blockHolders (see loop.cc).
+// loopAttach, loopDetach, blockHolders, listLoops (see loop.cc).
 void InitLoop(Napi::Env env, Napi::Object exports);
 
 }  // namespace virt

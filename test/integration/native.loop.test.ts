@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readLoopMapping } from '../../src/infra/storage/loop-devices.js';
+import { listLoopMappings, readLoopMapping } from '../../src/infra/storage/loop-devices.js';
 import { blockHolders, loopAttach, loopDetach, type LoopSystemError } from '../../src/infra/storage/loop.native.js';
 import { processesHolding } from '../../src/infra/storage/openers.js';
 import { canUseLoopLvm, holdOpen } from '../support/storage.js';
@@ -67,6 +67,15 @@ describe.skipIf(!canUseLoopLvm())('native loop ioctls and block holder scan (scr
     expect(await readLoopMapping(device)).toBeNull();
     // Already detached is not a failure.
     expect(await loopDetach(device)).toBe('not-attached');
+  });
+
+  it('lists bound loop devices as sysfs shows them, the same as one device read on its own', async () => {
+    const device = await attach(2 * MiB, 3 * MiB);
+    const listed = (await listLoopMappings()).find((m) => m.device === device);
+    expect(listed).toEqual({ device, name: device.slice(5), devNo: await sys(device, 'dev'), backingFile: backing, offset: 2 * MiB, sizeLimit: 3 * MiB, autoclear: false });
+    expect(await readLoopMapping(device)).toEqual(listed);
+    expect(await loopDetach(device)).toBe('detached');
+    expect((await listLoopMappings()).some((m) => m.device === device)).toBe(false);
   });
 
   it('detaching a device someone holds open only sets autoclear; it goes on their last close', async () => {

@@ -30,10 +30,21 @@ export interface BlockHolderScan {
   readonly processes: number;
 }
 
+/** A bound loop device as sysfs shows it (`/sys/block/<name>/loop/*`, `/sys/block/<name>/dev`). */
+export interface LoopSysfsEntry {
+  readonly name: string;
+  readonly backingFile: string;
+  readonly devNo: string;
+  readonly offset: number;
+  readonly sizeLimit: number;
+  readonly autoclear: boolean;
+}
+
 interface LoopBinding {
   loopAttach(backingFile: string, offset: number, sizeLimit: number): Promise<string>;
   loopDetach(device: string): Promise<LoopDetachOutcome>;
   blockHolders(major: number, minor: number, firstOnly: boolean, qemuPidDir: string): Promise<BlockHolderScan>;
+  listLoops(): Promise<LoopSysfsEntry[]>;
 }
 
 const binding = (): LoopBinding => loadVirt() as unknown as LoopBinding;
@@ -62,4 +73,9 @@ export const QEMU_PID_DIR = '/run/libvirt/qemu';
  */
 export function blockHolders(major: number, minor: number, firstOnly: boolean, qemuPidDir = QEMU_PID_DIR): Promise<BlockHolderScan> {
   return binding().blockHolders(major, minor, firstOnly, qemuPidDir);
+}
+
+/** Every bound loop device, read from sysfs in one call (~0.1 ms; ~1.6 ms as libuv reads). */
+export function listLoops(): Promise<LoopSysfsEntry[]> {
+  return binding().listLoops();
 }
