@@ -23,7 +23,8 @@ import { argInt, median, quantile, round, runSection, sleep, type Cleanup } from
  *   one a child process holds; baseline: the scan as it was (async readdir/readlink/stat
  *   per fd through libuv), same run, same device;
  * - the longest event-loop stall while the checks run (monitorEventLoopDelay, 1 ms
- *   resolution), for the new check and the old scan;
+ *   resolution), for the new check and the old scan, and over as many idle 1 ms sleeps
+ *   (what a busy 2-core machine does to any event loop);
  * - loop attach + detach through the addon's ioctls against spawning `losetup` twice
  *   from this same process (a spawn costs more the bigger the heap: ~2 ms here, 9–12 ms
  *   from the worker);
@@ -39,8 +40,12 @@ export interface OpenersResult {
   readonly held: { readonly p50: number; readonly p99: number };
   /** the scan as it was (libuv readdir/readlink/stat), on the device nobody holds */
   readonly oldScan: { readonly p50: number; readonly p99: number };
+  /** longest event-loop delay (and p99 of it) while the new checks ran */
   readonly maxLoopDelayMs: number;
+  readonly p99LoopDelayMs: number;
   readonly oldScanMaxLoopDelayMs: number;
+  /** the same monitor over as many 1 ms sleeps: what the machine alone does to the loop */
+  readonly idleMaxLoopDelayMs: number;
   readonly rounds: number;
   readonly ioctl: { readonly p50: number; readonly p99: number };
   readonly losetup: { readonly p50: number; readonly p99: number };
@@ -81,7 +86,7 @@ async function oldProcessesHolding(devNo: string): Promise<number[]> {
   return holders.filter((p): p is number => p !== null);
 }
 
-async function timedRuns(n: number, fn: () => Promise<unknown>): Promise<{ ms: number[]; maxDelayMs: number }> {
+async function timedRuns(n: number, fn: () => Promise<unknown>): Promise<{ ms: number[]; maxDelayMs: number; p99DelayMs: number }> {
   const h = monitorEventLoopDelay({ resolution: 1 });
   const ms: number[] = [];
   h.enable();
@@ -93,7 +98,7 @@ async function timedRuns(n: number, fn: () => Promise<unknown>): Promise<{ ms: n
     if (i % 10 === 9) await sleep(2);
   }
   h.disable();
-  return { ms, maxDelayMs: round(h.max / 1e6) };
+  return { ms, maxDelayMs: round(h.max / 1e6), p99DelayMs: round(h.percentile(99) / 1e6) };
 }
 
 export async function openers(cleanup: Cleanup, opts: { checks: number; rounds: number }): Promise<OpenersResult> {
@@ -127,6 +132,8 @@ export async function openers(cleanup: Cleanup, opts: { checks: number; rounds: 
   const old = await timedRuns(Math.min(opts.checks, 200), async () => {
     if ((await oldProcessesHolding(mapping.devNo)).length > 0) throw new Error(`${device} unexpectedly in use`);
   });
+
+  const idle = await timedRuns(opts.checks, () => sleep(1));
 
   // … and on one a child process holds (found among every process: it is no QEMU)
   const fd = openSync(device, 'r');
@@ -184,7 +191,9 @@ export async function openers(cleanup: Cleanup, opts: { checks: number; rounds: 
     held: pct(held.ms),
     oldScan: pct(old.ms),
     maxLoopDelayMs: Math.max(free.maxDelayMs, held.maxDelayMs),
+    p99LoopDelayMs: Math.max(free.p99DelayMs, held.p99DelayMs),
     oldScanMaxLoopDelayMs: old.maxDelayMs,
+    idleMaxLoopDelayMs: idle.maxDelayMs,
     rounds: opts.rounds,
     ioctl: pct(ioctl),
     losetup: pct(losetup),
