@@ -1,4 +1,6 @@
-import { lstatSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { rm } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { loadVirt, type NativeConnection, type NativeDomain } from '../src/infra/libvirt/virt.native.js';
 import { argInt, median, quantile, round, runSection, sleep, type Cleanup } from './lib/common.js';
@@ -62,11 +64,10 @@ export interface BootstormResult {
   readonly steps: Record<'sequential' | 'parallel' | 'parallelOneConnection', Record<string, StepStats>>;
   /** the binding's executor during the direct parallel runs: most threads busy, most calls queued */
   readonly executor: { readonly maxBusy: number; readonly maxQueued: number };
-  readonly probes: Probes;
+  /** each step alone (absent with `--probes 0`, as in --quick) */
+  readonly probes?: Probes;
   /** where it serialises, with figures */
   readonly serialisation: string[];
-  /** direct ejects whose loop device was still open after the swap to empty (left attached) */
-  readonly leftAttached: number;
 }
 
 type Mode = 'worker' | 'directSequential' | 'directParallel' | 'directParallelOneConnection';
@@ -85,27 +86,28 @@ interface Run {
 }
 
 const argv = process.argv.slice(2);
+const run = promisify(execFile);
 const LOAD_TIMEOUT = 120_000;
 
 const began = performance.now();
 const progress = (what: string): void => void process.stderr.write(`bootstorm +${((performance.now() - began) / 1000).toFixed(1)} s: ${what}\n`);
 
-export async function bootstorm(cleanup: Cleanup, opts: { vms: number; concurrency: number; rounds: number; memoryMiB: number; paused: boolean; createConcurrency: number }): Promise<BootstormResult> {
+export async function bootstorm(cleanup: Cleanup, opts: { vms: number; concurrency: number; rounds: number; memoryMiB: number; paused: boolean; createConcurrency: number; probes: boolean }): Promise<BootstormResult> {
   await takeHostLock(cleanup, 900_000);
-  const t0 = performance.now();
-  const st = await BenchStorage.create(opts.vms, cleanup);
-  const storageMs = performance.now() - t0;
-
+  // the VG and the VMs are independent: made side by side
   const vms = await BenchVms.open(cleanup);
-  const t1 = performance.now();
   const made: BenchVm[] = [];
-  await bounded(Array.from({ length: opts.vms }), opts.createConcurrency, async () => {
-    made.push(await vms.create(cleanup, { memoryMiB: opts.memoryMiB, paused: opts.paused }));
-  });
+  const since = (t: number): number => performance.now() - t;
+  const t0 = performance.now();
+  const [[st, storageMs], vmsMs] = await Promise.all([
+    BenchStorage.create(opts.vms, cleanup).then((x) => [x, since(t0)] as const),
+    bounded(Array.from({ length: opts.vms }), opts.createConcurrency, async () => {
+      made.push(await vms.create(cleanup, { memoryMiB: opts.memoryMiB, paused: opts.paused }));
+    }).then(() => since(t0)),
+  ]);
   // newest first: all of them at once, before the one-by-one undo of each create finds them gone
   cleanup.add(`${made.length} storm VMs`, () => bounded(made, 8, (vm) => vms.destroy(vm.name)));
-  const vmsMs = performance.now() - t1;
-  progress(`storage ${(storageMs / 1000).toFixed(1)} s, ${made.length} VMs ${(vmsMs / 1000).toFixed(1)} s`);
+  progress(`storage ${(storageMs / 1000).toFixed(1)} s, ${made.length} VMs ${(vmsMs / 1000).toFixed(1)} s (side by side)`);
 
   const w: RealWorker = await startRealWorker(st, cleanup, { concurrency: opts.concurrency });
   const virt = loadVirt();
@@ -137,7 +139,6 @@ export async function bootstorm(cleanup: Cleanup, opts: { vms: number; concurren
     return { allDoneMs, done, service: [] };
   };
 
-  let leftAttached = 0;
   const execMax = { busy: 0, queued: 0 };
   const directStorm = async (loads: readonly Load[], limit: number, laneOf: (lane: number) => number, spans: Span[]): Promise<Run> => {
     const held = new Map<Load, Held>();
@@ -164,9 +165,7 @@ export async function bootstorm(cleanup: Cleanup, opts: { vms: number; concurren
       if (sampler !== null) clearInterval(sampler);
     }
     const allDoneMs = performance.now() - start;
-    await bounded([...held], opts.concurrency, async ([l, h], lane) => {
-      if (!(await ejectDirect(direct, dom(lane, l.vm), h))) leftAttached += 1;
-    });
+    await bounded([...held], opts.concurrency, async ([l, h], lane) => resetDrive(direct, dom(lane, l.vm), h));
     return { allDoneMs, done, service };
   };
 
@@ -197,8 +196,8 @@ export async function bootstorm(cleanup: Cleanup, opts: { vms: number; concurren
     progress(`round ${r + 1}/${opts.rounds}: ${line}`);
   }
 
-  const probes = await probeSerialisation({ virt, direct, lanes: lanes.map((l) => l.doms), vms: made, volumes, concurrency: opts.concurrency });
-  progress('probes done');
+  const probes = opts.probes ? await probeSerialisation({ virt, direct, lanes: lanes.map((l) => l.doms), vms: made, volumes, concurrency: opts.concurrency }) : undefined;
+  if (probes !== undefined) progress('probes done');
 
   const stats = (mode: Mode): ModeStats => {
     const rs = runs.get(mode) ?? [];
@@ -235,29 +234,21 @@ export async function bootstorm(cleanup: Cleanup, opts: { vms: number; concurren
     ratio: round(worker.allDoneMs / bestMs),
     steps,
     executor: { maxBusy: execMax.busy, maxQueued: execMax.queued },
-    probes,
-    leftAttached,
+    ...(probes === undefined ? {} : { probes }),
   };
   return { ...result, serialisation: verdicts(result) };
 }
 
-const linked = (path: string): boolean => {
-  try {
-    lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-/** The eject flow. QEMU may hold the loop device a moment past the swap to empty: detach again shortly. */
-async function ejectDirect(direct: DirectPath, dom: NativeDomain, h: Held): Promise<boolean> {
-  await direct.eject(dom, h);
-  for (let i = 0; i < 10 && linked(h.link); i++) {
-    await sleep(50);
-    await direct.detach(h).catch(() => false);
-  }
-  return !linked(h.link);
+/**
+ * Back to an empty drive between modes, not measured: swap to empty, then `losetup -d`
+ * without looking for openers first — on a device QEMU still holds it only schedules the
+ * removal for the last close, which is all a reset needs (and no /proc scan per drive).
+ */
+async function resetDrive(direct: DirectPath, dom: NativeDomain, h: Held): Promise<void> {
+  await direct.update(dom, null);
+  await direct.setMetadata(dom, '<vm><device devtype="disk" name="sdc"/></vm>');
+  await run('losetup', ['--detach', h.device]);
+  await rm(h.link, { force: true });
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
@@ -269,6 +260,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
       memoryMiB: argInt(argv, 'memory-mib', 64),
       paused: argInt(argv, 'paused', 1) === 1,
       createConcurrency: argInt(argv, 'create-concurrency', 8),
+      probes: argInt(argv, 'probes', 1) === 1,
     }),
   );
 }

@@ -73,7 +73,7 @@ const SECTIONS: readonly Section[] = [
   { name: 'throughput-tracing', base: 'throughput', file: 'throughput.run.ts', args: quick ? { total: 5000, drives: 1000, concurrency: 16, rounds: 1, tracing: 1 } : { total: 20_000, drives: 1000, concurrency: 16, rounds: 3, tracing: 1 } },
   { name: 'parallel', file: 'parallel.bench.ts', args: quick ? { vms: 4, 'per-vm': 10, round: 5 } : { vms: 8, 'per-vm': 100, round: 10 } },
   { name: 'hung', file: 'hung.bench.ts', args: { changes: quick ? 30 : 40, 'hang-ms': 25_000, 'step-timeout-ms': 2000 } },
-  { name: 'bootstorm', file: 'bootstorm.bench.ts', args: { vms: 40, concurrency: 16, rounds: quick ? 1 : 5, 'memory-mib': 64, paused: 1, 'create-concurrency': 8 } },
+  { name: 'bootstorm', file: 'bootstorm.bench.ts', args: { vms: 40, concurrency: 16, rounds: quick ? 1 : 5, 'memory-mib': 64, paused: 1, 'create-concurrency': 8, probes: quick ? 0 : 1 } },
 ];
 
 let current: ChildProcess | null = null;
@@ -212,7 +212,7 @@ function rows(r: Partial<Record<SectionName, unknown>>): Row[] {
     out.push({ item: '7 boot storm', metric: `p99 of each load's time from the storm's start (n=${bs.vms * bs.rounds})`, value: ms(bs.worker.p99), baseline: `${ms(bs.directParallel.p99)} direct ${lanes}; ${ms(bs.directSequential.p99)} one after another`, target: 'report', pass: null });
     const sp = (c: { speedup: number }): string => `${c.speedup.toFixed(1)}×`;
     const pr = bs.probes;
-    out.push({ item: '7 boot storm', metric: `each step alone, ${bs.vms} calls ${lanes} against one after another (1× = serialised)`, value: `losetup ${sp(pr.losetup)}, spawn ${sp(pr.spawn)}, updateDeviceFlags ${sp(pr.updateDevice)} (one connection ${sp(pr.updateDeviceOneConnection)}), setMetadata ${sp(pr.setMetadata)} (one connection ${sp(pr.setMetadataOneConnection)})`, baseline: '', target: 'report', pass: null });
+    if (pr) out.push({ item: '7 boot storm', metric: `each step alone, ${bs.vms} calls ${lanes} against one after another (1× = serialised)`, value: `losetup ${sp(pr.losetup)}, spawn ${sp(pr.spawn)}, updateDeviceFlags ${sp(pr.updateDevice)} (one connection ${sp(pr.updateDeviceOneConnection)}), setMetadata ${sp(pr.setMetadata)} (one connection ${sp(pr.setMetadataOneConnection)})`, baseline: '', target: 'report', pass: null });
   }
   return out;
 }

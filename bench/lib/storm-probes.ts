@@ -166,19 +166,23 @@ export function verdicts(r: {
   readonly directParallelOneConnection: { allDoneMs: number; serviceP50?: number };
   readonly steps: Record<'sequential' | 'parallel' | 'parallelOneConnection', Record<string, StepStats>>;
   readonly executor: { maxBusy: number; maxQueued: number };
-  readonly probes: Probes;
+  readonly probes?: Probes;
 }): string[] {
   const p = r.probes;
   const n = r.vms;
   const out = [
     `all done: direct ${r.concurrency} at once ${f0(r.directParallel.allDoneMs)} ms (a connection per lane) / ${f0(r.directParallelOneConnection.allDoneMs)} ms (one connection) against ${f0(r.directSequential.allDoneMs)} ms one after another: ${f1(r.directSequential.allDoneMs / Math.min(r.directParallel.allDoneMs, r.directParallelOneConnection.allDoneMs))}× for ${r.concurrency} lanes`,
-    line('losetup --find --show alone', p.losetup, n, r.concurrency),
-    line('process spawn alone (execFile true)', p.spawn, n, r.concurrency),
-    line('updateDeviceFlags alone, a connection per lane', p.updateDevice, n, r.concurrency),
-    line('updateDeviceFlags alone, one connection', p.updateDeviceOneConnection, n, r.concurrency),
-    line('setMetadata alone, a connection per lane', p.setMetadata, n, r.concurrency),
-    line('setMetadata alone, one connection', p.setMetadataOneConnection, n, r.concurrency),
   ];
+  if (p !== undefined) {
+    out.push(
+      line('losetup --find --show alone', p.losetup, n, r.concurrency),
+      line('process spawn alone (execFile true)', p.spawn, n, r.concurrency),
+      line('updateDeviceFlags alone, a connection per lane', p.updateDevice, n, r.concurrency),
+      line('updateDeviceFlags alone, one connection', p.updateDeviceOneConnection, n, r.concurrency),
+      line('setMetadata alone, a connection per lane', p.setMetadata, n, r.concurrency),
+      line('setMetadata alone, one connection', p.setMetadataOneConnection, n, r.concurrency),
+    );
+  }
   for (const [label, k] of [
     ['in the storms, sequential → parallel (per lane): prepare (losetup + link)', 'prepare'],
     ['update (updateDeviceFlags)', 'update'],
