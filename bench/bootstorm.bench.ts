@@ -60,6 +60,8 @@ export interface BootstormResult {
   readonly bestDirectParallel: { readonly mode: 'directParallel' | 'directParallelOneConnection'; readonly allDoneMs: number };
   /** worker all-done / best direct parallel all-done */
   readonly ratio: number;
+  /** the worker's activities in the measured storms: ms per load (summed over the storm's loads / loads), median over rounds */
+  readonly workerSteps: Record<string, number>;
   /** per step of the direct runs, over all rounds (`metadata` is both writes of a load) */
   readonly steps: Record<'sequential' | 'parallel' | 'parallelOneConnection', Record<string, StepStats>>;
   /** the binding's executor during the direct parallel runs: most threads busy, most calls queued */
@@ -131,10 +133,13 @@ export async function bootstorm(cleanup: Cleanup, opts: { vms: number; concurren
   const loadsOf = (r: number): Load[] => made.map((vm, i) => ({ vm, volume: volumes[(i + r) % volumes.length] as PlainVolume, index: i }));
   const pdivOf = (v: PlainVolume) => ({ poolID: v.poolID, domainID: v.domainID, imageID: v.imageID, volumeID: v.volumeID });
 
+  const workerSteps = new Map<string, number[]>();
   const workerStorm = async (loads: readonly Load[]): Promise<Run> => {
+    w.steps.take();
     const start = performance.now();
     const done = await Promise.all(loads.map(async (l) => (await w.change(l.vm.uuid, pdivOf(l.volume), LOAD_TIMEOUT)).ms));
     const allDoneMs = performance.now() - start;
+    for (const [step, ms] of w.steps.take()) workerSteps.set(step, [...(workerSteps.get(step) ?? []), ms / loads.length]);
     await Promise.all(loads.map((l) => w.change(l.vm.uuid, null, LOAD_TIMEOUT)));
     return { allDoneMs, done, service: [] };
   };
@@ -185,6 +190,7 @@ export async function bootstorm(cleanup: Cleanup, opts: { vms: number; concurren
 
   // warm-up, not measured: every VM's first media, the worker's LV placement cache and JIT
   const cold = await workerStorm(loadsOf(0));
+  workerSteps.clear();
   progress(`worker's first storm (cold) ${cold.allDoneMs.toFixed(0)} ms`);
   await sleep(500);
 
@@ -232,6 +238,7 @@ export async function bootstorm(cleanup: Cleanup, opts: { vms: number; concurren
     directParallelOneConnection,
     bestDirectParallel: { mode: best, allDoneMs: bestMs },
     ratio: round(worker.allDoneMs / bestMs),
+    workerSteps: Object.fromEntries([...workerSteps].map(([k, xs]) => [k, round(median(xs))])),
     steps,
     executor: { maxBusy: execMax.busy, maxQueued: execMax.queued },
     ...(probes === undefined ? {} : { probes }),
