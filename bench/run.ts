@@ -13,6 +13,7 @@ import type { MemoryResult } from './memory.bench.js';
 import type { ThroughputResult } from './throughput.bench.js';
 import type { HungResult } from './hung.bench.js';
 import type { OpenersResult } from './openers.bench.js';
+import type { BootstormResult } from './bootstorm.bench.js';
 
 /**
  * `npm run bench`: every section runs in its own Node process (clean heap for the
@@ -44,7 +45,7 @@ const quick = argv.includes('--quick') || process.env['BENCH_QUICK'] === '1';
 const profile = argv.includes('--profile') || process.env['BENCH_PROFILE'] === '1';
 const fakesInProcess = argv.includes('--in-process');
 const tracing = argv.includes('--tracing') || process.env['BENCH_TRACING'] === '1';
-const SECTION_NAMES = ['overhead', 'throughput', 'recovery', 'memory', 'memory-ttl0', 'parallel', 'hung', 'openers', 'overhead-tracing', 'throughput-tracing'] as const;
+const SECTION_NAMES = ['overhead', 'throughput', 'recovery', 'memory', 'memory-ttl0', 'parallel', 'hung', 'bootstorm', 'openers', 'overhead-tracing', 'throughput-tracing'] as const;
 const named = argv.filter((a, i) => (SECTION_NAMES as readonly string[]).includes(a) && argv[i - 1] !== '--only');
 const only = [...(argValue(argv, 'only') ?? process.env['BENCH_ONLY'] ?? '').split(',').filter(Boolean), ...named];
 const out = argValue(argv, 'out') ?? join(BENCH, quick ? 'results.quick.json' : 'results.json');
@@ -74,6 +75,7 @@ const SECTIONS: readonly Section[] = [
   { name: 'throughput-tracing', base: 'throughput', file: 'throughput.run.ts', args: quick ? { total: 5000, drives: 1000, concurrency: 16, rounds: 1, tracing: 1 } : { total: 20_000, drives: 1000, concurrency: 16, rounds: 3, tracing: 1 } },
   { name: 'parallel', file: 'parallel.bench.ts', args: quick ? { vms: 4, 'per-vm': 10, round: 5 } : { vms: 8, 'per-vm': 100, round: 10 } },
   { name: 'hung', file: 'hung.bench.ts', args: { changes: quick ? 30 : 40, 'hang-ms': 25_000, 'step-timeout-ms': 2000 } },
+  { name: 'bootstorm', file: 'bootstorm.bench.ts', args: { vms: 40, concurrency: 16, rounds: quick ? 1 : 5, 'memory-mib': 64, paused: 1, 'create-concurrency': 8, probes: quick ? 0 : 1 } },
   { name: 'openers', file: 'openers.bench.ts', args: quick ? { checks: 300, rounds: 50 } : { checks: 2000, rounds: 200 } },
 ];
 
@@ -207,14 +209,24 @@ function rows(r: Partial<Record<SectionName, unknown>>): Row[] {
     out.push({ item: '6 hung VM', metric: 'same, p99 (max)', value: `${ms(hv.hung.p99)} (${ms(hv.hung.max)})`, baseline: `${ms(hv.normal.p99)} (${ms(hv.normal.max)})`, target: 'report', pass: null });
     out.push({ item: '6 hung VM', metric: "the hung VM's commands after SIGCONT (ms from SIGSTOP)", value: hv.hungVm.map((c) => `${c.outcome === 'completed' ? 'completed' : 'FAILED'} ${(c.ms / 1000).toFixed(1)} s`).join(', '), baseline: '', target: 'report', pass: null });
   }
+  const bs = r.bootstorm as BootstormResult | undefined;
+  if (bs) {
+    const lanes = `${bs.concurrency} at once`;
+    out.push({ item: '7 boot storm', metric: `${bs.vms} VMs (${bs.memoryMiB} MiB, no disk, ${bs.vcpus}) each load a different ISO at once, all done (median of ${bs.rounds})`, value: ms(bs.worker.allDoneMs), baseline: `${ms(bs.bestDirectParallel.allDoneMs)} direct ${lanes}; ${ms(bs.directSequential.allDoneMs)} one after another`, target: 'all done ≤ 1.5× best direct parallel', pass: bs.ratio <= 1.5 });
+    out.push({ item: '7 boot storm', metric: 'worker / best direct parallel', value: `${bs.ratio.toFixed(2)}×`, baseline: '', target: '≤ 1.5×', pass: bs.ratio <= 1.5 });
+    out.push({ item: '7 boot storm', metric: `p99 of each load's time from the storm's start (n=${bs.vms * bs.rounds})`, value: ms(bs.worker.p99), baseline: `${ms(bs.directParallel.p99)} direct ${lanes}; ${ms(bs.directSequential.p99)} one after another`, target: 'report', pass: null });
+    const sp = (c: { speedup: number }): string => `${c.speedup.toFixed(1)}×`;
+    const pr = bs.probes;
+    if (pr) out.push({ item: '7 boot storm', metric: `each step alone, ${bs.vms} calls ${lanes} against one after another (1× = serialised)`, value: `losetup ${sp(pr.losetup)}, spawn ${sp(pr.spawn)}, updateDeviceFlags ${sp(pr.updateDevice)} (one connection ${sp(pr.updateDeviceOneConnection)}), setMetadata ${sp(pr.setMetadata)} (one connection ${sp(pr.setMetadataOneConnection)})`, baseline: '', target: 'report', pass: null });
+  }
   const op = r.openers as OpenersResult | undefined;
   if (op) {
     const pp = (x: { p50: number; p99: number }): string => `${ms(x.p50)} / ${ms(x.p99)}`;
-    out.push({ item: '7 loop', metric: `opener check, device nobody holds: every fd on the host (${op.hostFds} fds, ${op.hostProcesses} processes), p50 / p99 (n=${op.checks})`, value: pp(op.free), baseline: `${pp(op.oldScan)} old libuv scan`, target: '≤ 5 ms', pass: op.free.p50 <= 5 });
-    out.push({ item: '7 loop', metric: 'opener check, device a child process holds, p50 / p99', value: pp(op.held), baseline: '', target: 'report', pass: null });
-    out.push({ item: '7 loop', metric: 'event-loop delay during the checks, max (p99)', value: `${ms(op.maxLoopDelayMs)} (${ms(op.p99LoopDelayMs)})`, baseline: `${ms(op.oldScanMaxLoopDelayMs)} old scan; ${ms(op.idleMaxLoopDelayMs)} idle`, target: 'report', pass: null });
-    out.push({ item: '7 loop', metric: `loop attach + detach, p50 / p99 (n=${op.rounds}, RSS ${op.rssMb} MB)`, value: `${pp(op.ioctl)} ioctls`, baseline: `${pp(op.losetup)} two losetup spawns`, target: 'report', pass: null });
-    out.push({ item: '7 loop', metric: 'LoopActivator activate / deactivate (nobody holding it), p50', value: `${ms(op.activateP50)} / ${ms(op.deactivateP50)}`, baseline: '', target: 'report', pass: null });
+    out.push({ item: '8 loop', metric: `opener check, device nobody holds: every fd on the host (${op.hostFds} fds, ${op.hostProcesses} processes), p50 / p99 (n=${op.checks})`, value: pp(op.free), baseline: `${pp(op.oldScan)} old libuv scan`, target: '≤ 5 ms', pass: op.free.p50 <= 5 });
+    out.push({ item: '8 loop', metric: 'opener check, device a child process holds, p50 / p99', value: pp(op.held), baseline: '', target: 'report', pass: null });
+    out.push({ item: '8 loop', metric: 'event-loop delay during the checks, max (p99)', value: `${ms(op.maxLoopDelayMs)} (${ms(op.p99LoopDelayMs)})`, baseline: `${ms(op.oldScanMaxLoopDelayMs)} old scan; ${ms(op.idleMaxLoopDelayMs)} idle`, target: 'report', pass: null });
+    out.push({ item: '8 loop', metric: `loop attach + detach, p50 / p99 (n=${op.rounds}, RSS ${op.rssMb} MB)`, value: `${pp(op.ioctl)} ioctls`, baseline: `${pp(op.losetup)} two losetup spawns`, target: 'report', pass: null });
+    out.push({ item: '8 loop', metric: 'LoopActivator activate / deactivate (nobody holding it), p50', value: `${ms(op.activateP50)} / ${ms(op.deactivateP50)}`, baseline: '', target: 'report', pass: null });
   }
   return out;
 }

@@ -78,11 +78,15 @@ function devNo(rdev: number): string {
   return `${major}:${minor}`;
 }
 
+export type DirectStep = Exclude<keyof DirectTimes, 'total'>;
+
 export class DirectPath {
   constructor(
     private readonly virt: VirtBinding,
     /** `<storage root>`: links go under mnt/blockSD as the contract has them */
     private readonly root: string,
+    /** told of every step of `change` (performance.now() at its start and end), e.g. to see which steps overlap */
+    private readonly observe?: (step: DirectStep, startMs: number, endMs: number) => void,
   ) {}
 
   /** Synchronous scan of every process's fds for the block device `dev`. */
@@ -150,10 +154,12 @@ export class DirectPath {
    * loading), activate, swap, new loaded, old torn down, final. Returns what it now holds.
    */
   async change(dom: NativeDomain, from: Held | null, to: PlainVolume, t: DirectTimes = { total: 0, metadata: 0, prepare: 0, update: 0, teardown: 0 }): Promise<{ held: Held; times: DirectTimes }> {
-    const lap = async <T>(k: Exclude<keyof DirectTimes, 'total'>, fn: () => Promise<T>): Promise<T> => {
+    const lap = async <T>(k: DirectStep, fn: () => Promise<T>): Promise<T> => {
       const t0 = performance.now();
       const v = await fn();
-      t[k] += performance.now() - t0;
+      const t1 = performance.now();
+      t[k] += t1 - t0;
+      this.observe?.(k, t0, t1);
       return v;
     };
     const t0 = performance.now();

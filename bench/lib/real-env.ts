@@ -75,12 +75,16 @@ export class BenchVms {
     return new BenchVms(conn);
   }
 
-  async create(cleanup: Cleanup): Promise<BenchVm> {
+  /**
+   * `memoryMiB`: the test VM's 128 MiB unless given. `paused`: started with its vCPU
+   * stopped (its drives, QEMU's monitor and tray work as when it runs).
+   */
+  async create(cleanup: Cleanup, opts: { memoryMiB?: number; paused?: boolean } = {}): Promise<BenchVm> {
     const uuid = randomUUID();
     const name = `${VM_PREFIX}${process.pid}-${randomBytes(3).toString('hex')}`;
     // registered before creation: a create that times out may still leave the domain
     cleanup.add(`VM ${name}`, () => this.destroy(name));
-    const domain = await withTimeout(this.conn.createXML(testVmXml(name, uuid)), 60_000, `starting VM ${name}`);
+    const domain = await withTimeout(this.conn.createXML(testVmXml(name, uuid, opts), opts.paused === true ? loadVirt().constants.VIR_DOMAIN_START_PAUSED : 0), 60_000, `starting VM ${name}`);
     return { name, uuid, domain };
   }
 

@@ -29,13 +29,15 @@ export interface TestVm {
 }
 
 /** The design page's empty CD-ROM, as a VM definition (KVM when the host has it). */
-export function testVmXml(name: string, uuid: string): string {
+export function testVmXml(name: string, uuid: string, opts: { memoryMiB?: number } = {}): string {
+  const memoryMiB = opts.memoryMiB ?? 128;
+  if (!Number.isInteger(memoryMiB) || memoryMiB < 16) throw new Error(`memoryMiB must be an integer ≥ 16, got ${memoryMiB}`);
   const el = (tag: string, attrs: Record<string, string> = {}, children: XmlElement[] = []): XmlElement => element(tag, attrs, children);
   const t = (tag: string, value: string, attrs: Record<string, string> = {}): XmlElement => element(tag, attrs, [text(value)]);
   const domain = el('domain', { type: existsSync('/dev/kvm') ? 'kvm' : 'qemu' }, [
     t('name', name),
     t('uuid', uuid),
-    t('memory', '128', { unit: 'MiB' }),
+    t('memory', String(memoryMiB), { unit: 'MiB' }),
     t('vcpu', '1'),
     el('os', {}, [t('type', 'hvm', { arch: 'x86_64', machine: 'q35' })]),
     el('metadata', {}, [
