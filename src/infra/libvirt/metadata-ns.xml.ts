@@ -8,8 +8,25 @@ import { buildXml, childrenOf, isText, localName, parseXml, prefixOf, tagOf, typ
  * it fail with "failed to create a new XML namespace"), and virDomainGetMetadata returns
  * it the same way, unprefixed. The port speaks the form the domain XML shows:
  * `<ovirt-vm:vm xmlns:ovirt-vm="…">` with every element prefixed. These two functions
- * translate between the two.
+ * translate between the two: by renaming tags in the text when the document has only
+ * elements, attributes and text (no comment, CDATA, processing instruction or doctype,
+ * where a `<` could be something else than a tag — in attribute values and text it is
+ * always escaped), else through the XML tree. Every metadata write goes through here,
+ * and the tree costs ~0.6 ms for a journal of ten commands, the text ~0.02 ms.
  */
+
+const escapeRe = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** Whether renaming tags in the text is exact for this document. */
+function plain(xml: string): boolean {
+  return !xml.includes('<!') && !xml.includes('<?');
+}
+
+/** Drops every declaration of the prefix and a default namespace equal to the namespace. */
+function withoutDeclarations(xml: string, ns: MetadataNamespace): string {
+  const uri = escapeRe(ns.uri);
+  return xml.replace(new RegExp(`\\s+xmlns:${escapeRe(ns.prefix)}\\s*=\\s*(?:"[^"]*"|'[^']*')`, 'g'), '').replace(new RegExp(`\\s+xmlns\\s*=\\s*(?:"${uri}"|'${uri}')`, 'g'), '');
+}
 
 type AttrMap = (a: Record<string, string>, isRoot: boolean) => Record<string, string>;
 
@@ -25,6 +42,19 @@ function mapElements(node: XmlElement, rename: (tag: string) => string, attrs: A
 
 /** The port's prefixed form → what virDomainSetMetadata accepts. */
 export function toLibvirtMetadata(xml: string, ns: MetadataNamespace): string {
+  if (plain(xml)) {
+    const rootTag = /<([^\s/>]+)/.exec(xml)?.[1];
+    if (rootTag !== undefined) {
+      const rootPrefix = prefixOf(rootTag);
+      if (rootPrefix !== null && rootPrefix !== ns.prefix) throw new Error(`metadata root <${rootTag}> is not in prefix ${ns.prefix}`);
+      return withoutDeclarations(xml, ns).replace(new RegExp(`<(/?)${escapeRe(ns.prefix)}:`, 'g'), '<$1').trim();
+    }
+  }
+  return treeToLibvirt(xml, ns);
+}
+
+/** toLibvirtMetadata through the XML tree (exported for the tests that compare the two ways). */
+export function treeToLibvirt(xml: string, ns: MetadataNamespace): string {
   const root = parseXml(xml);
   const rootTag = tagOf(root) ?? '';
   const rootPrefix = prefixOf(rootTag);
@@ -45,6 +75,16 @@ export function toLibvirtMetadata(xml: string, ns: MetadataNamespace): string {
 
 /** What virDomainGetMetadata returns → the port's prefixed form. */
 export function fromLibvirtMetadata(xml: string, ns: MetadataNamespace): string {
+  if (plain(xml)) {
+    const prefixed = withoutDeclarations(xml, ns).replace(/<(\/?)([A-Za-z_][\w.-]*)(?=[\s/>])/g, `<$1${ns.prefix}:$2`);
+    const root = /<[^\s/>]+/.exec(prefixed);
+    if (root !== null) return `${prefixed.slice(0, root.index + root[0].length)} xmlns:${ns.prefix}="${ns.uri}"${prefixed.slice(root.index + root[0].length)}`.trim();
+  }
+  return treeFromLibvirt(xml, ns);
+}
+
+/** fromLibvirtMetadata through the XML tree (exported for the tests that compare the two ways). */
+export function treeFromLibvirt(xml: string, ns: MetadataNamespace): string {
   const root = parseXml(xml);
   const prefixed = mapElements(
     root,
