@@ -212,7 +212,9 @@ bool Holds(const std::string& pid, dev_t dev, size_t& fds, SysError& e) {
   }
   DIR* d = fdopendir(dfd);
   if (d == nullptr) {
-    e = Fail(errno, "fdopendir", dir);
+    // The process may exit between the open and this (its fd directory then answers
+    // ENOENT): like a failed open, only running out of memory or fds is a failure.
+    if (errno == EMFILE || errno == ENFILE || errno == ENOMEM) e = Fail(errno, "fdopendir", dir);
     close(dfd);
     return false;
   }
