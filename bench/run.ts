@@ -21,7 +21,8 @@ import type { BootstormResult } from './bootstorm.bench.js';
  * its own VMs, storage and queues), then bench/results.json and a markdown table.
  *
  *   npm run bench                      the full run (what results.json records)
- *   npm run bench -- --quick           smaller counts, a few minutes
+ *   npm run bench -- --quick           items 1, 2 and the boot storm with smaller counts (≤ 3 min)
+ *   npm run bench -- --quick --all     every section with smaller counts
  *   npm run bench -- --only overhead,memory
  *   npm run bench -- hung               the same: sections named as arguments
  *   npm run bench -- --only openers    loop attach/detach and the opener check (no VMs, ~20 s)
@@ -45,6 +46,7 @@ const quick = argv.includes('--quick') || process.env['BENCH_QUICK'] === '1';
 const profile = argv.includes('--profile') || process.env['BENCH_PROFILE'] === '1';
 const fakesInProcess = argv.includes('--in-process');
 const tracing = argv.includes('--tracing') || process.env['BENCH_TRACING'] === '1';
+const everything = argv.includes('--all');
 const SECTION_NAMES = ['overhead', 'throughput', 'recovery', 'memory', 'memory-ttl0', 'parallel', 'hung', 'bootstorm', 'openers', 'overhead-tracing', 'throughput-tracing'] as const;
 const named = argv.filter((a, i) => (SECTION_NAMES as readonly string[]).includes(a) && argv[i - 1] !== '--only');
 const only = [...(argValue(argv, 'only') ?? process.env['BENCH_ONLY'] ?? '').split(',').filter(Boolean), ...named];
@@ -69,7 +71,8 @@ const SECTIONS: readonly Section[] = [
   { name: 'memory', file: 'memory.bench.ts', args: quick ? { commands: 5000, drives: 2500 } : { commands: 20_000, drives: 10_000 }, nodeFlags: ['--expose-gc'], compiled: true },
   { name: 'memory-ttl0', file: 'memory.bench.ts', args: quick ? { commands: 5000, drives: 2500, 'idle-ttl': 0 } : { commands: 20_000, drives: 10_000, 'idle-ttl': 0 }, nodeFlags: ['--expose-gc'], compiled: true },
   { name: 'recovery', file: 'recovery.bench.ts', args: quick ? { domains: 1000, 'real-vms': 3, rounds: 2 } : { domains: 1000, 'real-vms': 10, rounds: 5 } },
-  { name: 'overhead', file: 'overhead.bench.ts', args: quick ? { changes: 20, batch: 5, 'per-vm': 150 } : { changes: 200, batch: 10, 'per-vm': 150 }, profiled: true },
+  // quick: 100 changes, so that p99 is not simply the slowest one
+  { name: 'overhead', file: 'overhead.bench.ts', args: quick ? { changes: 100, batch: 10, 'per-vm': 150 } : { changes: 200, batch: 10, 'per-vm': 150 }, profiled: true },
   // --tracing: items 1 and 2 again with every command traced (run after the untraced ones)
   { name: 'overhead-tracing', base: 'overhead', file: 'overhead.bench.ts', args: quick ? { changes: 20, batch: 5, 'per-vm': 150, tracing: 1 } : { changes: 200, batch: 10, 'per-vm': 150, tracing: 1 } },
   { name: 'throughput-tracing', base: 'throughput', file: 'throughput.run.ts', args: quick ? { total: 5000, drives: 1000, concurrency: 16, rounds: 1, tracing: 1 } : { total: 20_000, drives: 1000, concurrency: 16, rounds: 3, tracing: 1 } },
@@ -238,7 +241,9 @@ function table(rs: Row[]): string {
   return lines.join('\n');
 }
 
-const wanted = (name: SectionName): boolean => only.length === 0 || only.includes(name);
+/** `--quick` without a list: items 1, 2 and the boot storm, the run to repeat on every performance change (≤ 3 min). */
+const QUICK_SET: readonly SectionName[] = ['overhead', 'throughput', 'bootstorm'];
+const wanted = (name: SectionName): boolean => (only.length === 0 ? !quick || everything || QUICK_SET.includes(name) : only.includes(name));
 const selected = SECTIONS.filter((s) =>
   s.base !== undefined ? only.includes(s.name) || (tracing && wanted(s.base)) : wanted(s.name) || (s.name === 'memory-ttl0' && only.includes('memory')),
 );
