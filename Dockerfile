@@ -21,8 +21,9 @@ RUN npm ci --no-audit --no-fund \
 
 # --- runtime ----------------------------------------------------------------------------
 FROM node:20-bookworm-slim
-# libvirt0: the client library the addon links; lvm2 + util-linux (losetup): activation;
-# procps: process inspection when looking for openers of a device.
+# libvirt0: the client library the addon links; lvm2: LV lookups and dm activation (loop
+# activation and the opener scan are the addon's own ioctls and /proc reads); util-linux
+# and procps: losetup, ps and the like for an operator inside the container.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libvirt0 lvm2 util-linux procps \
  && rm -rf /var/lib/apt/lists/*
