@@ -10,7 +10,7 @@
 // that fs and dns share.
 #include "lvm_mda.h"
 
-#include "common.h"
+#include "errno_worker.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -38,134 +38,50 @@ struct Range {
   uint64_t length;
 };
 
-std::string ErrnoName(int e) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-  const char* name = strerrorname_np(e);
-  if (name != nullptr) return name;
-#endif
-  return "E" + std::to_string(e);
-}
-
 struct AlignedFree {
   void operator()(uint8_t* p) const { std::free(p); }
 };
 
-// One call: opens `path` with O_DIRECT, reads each range (widened to the alignment),
-// keeps exactly the requested bytes (fewer at the end of the device), closes.
-class DirectReadWorker : public Settleable {
- public:
-  static Napi::Promise Start(Napi::Env env, std::string path, std::vector<Range> ranges) {
-    auto* data = env.GetInstanceData<AddonData>();
-    auto d = Napi::Promise::Deferred::New(env);
-    Napi::Promise p = d.Promise();
-    auto* w = new DirectReadWorker(data->settler, d, std::move(path), std::move(ranges));
-    data->settler->Begin(env);
-    try {
-      Executor::Get().Submit([w]() { w->Execute(); });
-    } catch (const std::exception& e) {
-      data->settler->End(env);
-      delete w;
-      d.Reject(Napi::Error::New(env, std::string("cannot start a direct read: ") + e.what()).Value());
+// In a pool thread: opens `path` with O_DIRECT, reads each range (widened to the
+// alignment), keeps exactly the requested bytes (fewer at the end of the device), closes.
+SysError ReadRanges(const std::string& path, const std::vector<Range>& ranges, std::vector<std::vector<uint8_t>>& out) {
+  int fd;
+  do {
+    fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Fail(errno, "open", path);
+  for (const Range& r : ranges) {
+    uint64_t start = r.offset & ~(kAlign - 1);
+    uint64_t end = (r.offset + r.length + kAlign - 1) & ~(kAlign - 1);
+    size_t want = static_cast<size_t>(end - start);
+    void* raw = nullptr;
+    int rc = posix_memalign(&raw, kAlign, want);
+    if (rc != 0) {
+      ::close(fd);
+      out.clear();
+      return Fail(rc, "read", path);
     }
-    return p;
-  }
-
-  ~DirectReadWorker() override { Counts().calls--; }
-
-  void Settle(Napi::Env env) override {
-    settler_->End(env);
-    if (errno_ != 0) {
-      // Shaped like Node's fs errors: `code` the errno name, `errno` negative.
-      std::string code = ErrnoName(errno_);
-      Napi::Error err = Napi::Error::New(env, code + ": " + std::strerror(errno_) + ", " + syscall_ + " '" + path_ + "'");
-      err.Set("code", Napi::String::New(env, code));
-      err.Set("errno", Napi::Number::New(env, -errno_));
-      err.Set("syscall", Napi::String::New(env, syscall_));
-      err.Set("path", Napi::String::New(env, path_));
-      deferred_.Reject(err.Value());
-      return;
-    }
-    try {
-      Napi::Array out = Napi::Array::New(env, results_.size());
-      for (size_t i = 0; i < results_.size(); i++) {
-        out.Set(i, Napi::Buffer<uint8_t>::Copy(env, results_[i].data(), results_[i].size()));
-      }
-      deferred_.Resolve(out);
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    }
-  }
-
- private:
-  DirectReadWorker(std::shared_ptr<Settler> settler, Napi::Promise::Deferred deferred, std::string path,
-                   std::vector<Range> ranges)
-      : settler_(std::move(settler)), deferred_(deferred), path_(std::move(path)), ranges_(std::move(ranges)) {
-    Counts().calls++;
-  }
-
-  void Fail(const char* syscall, int e) {
-    syscall_ = syscall;
-    errno_ = e != 0 ? e : EIO;
-  }
-
-  // In a pool thread.
-  void Execute() {
-    try {
-      Read();
-    } catch (const std::exception&) {
-      results_.clear();
-      Fail("read", ENOMEM);
-    }
-    std::shared_ptr<Settler> settler = settler_;
-    if (!settler->Post(this)) delete this;  // env gone: nobody to settle for
-  }
-
-  void Read() {
-    int fd;
-    do {
-      fd = ::open(path_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOCTTY);
-    } while (fd < 0 && errno == EINTR);
-    if (fd < 0) return Fail("open", errno);
-    for (const Range& r : ranges_) {
-      uint64_t start = r.offset & ~(kAlign - 1);
-      uint64_t end = (r.offset + r.length + kAlign - 1) & ~(kAlign - 1);
-      size_t want = static_cast<size_t>(end - start);
-      void* raw = nullptr;
-      int rc = posix_memalign(&raw, kAlign, want);
-      if (rc != 0) {
+    std::unique_ptr<uint8_t, AlignedFree> buf(static_cast<uint8_t*>(raw));
+    size_t got = 0;
+    while (got < want) {
+      ssize_t n = ::pread(fd, buf.get() + got, want - got, static_cast<off_t>(start + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int e = errno != 0 ? errno : EIO;
         ::close(fd);
-        results_.clear();
-        return Fail("read", rc);
+        out.clear();
+        return Fail(e, "read", path);
       }
-      std::unique_ptr<uint8_t, AlignedFree> buf(static_cast<uint8_t*>(raw));
-      size_t got = 0;
-      while (got < want) {
-        ssize_t n = ::pread(fd, buf.get() + got, want - got, static_cast<off_t>(start + got));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-          int e = errno;
-          ::close(fd);
-          results_.clear();
-          return Fail("read", e);
-        }
-        if (n == 0) break;  // end of the device
-        got += static_cast<size_t>(n);
-      }
-      uint64_t skip = r.offset - start;
-      size_t keep = got > skip ? static_cast<size_t>(std::min<uint64_t>(got - skip, r.length)) : 0;
-      results_.emplace_back(buf.get() + skip, buf.get() + skip + keep);
+      if (n == 0) break;  // end of the device
+      got += static_cast<size_t>(n);
     }
-    ::close(fd);
+    uint64_t skip = r.offset - start;
+    size_t keep = got > skip ? static_cast<size_t>(std::min<uint64_t>(got - skip, r.length)) : 0;
+    out.emplace_back(buf.get() + skip, buf.get() + skip + keep);
   }
-
-  std::shared_ptr<Settler> settler_;
-  Napi::Promise::Deferred deferred_;
-  std::string path_;
-  std::vector<Range> ranges_;
-  std::vector<std::vector<uint8_t>> results_;
-  int errno_ = 0;
-  std::string syscall_;
-};
+  ::close(fd);
+  return {};
+}
 
 Napi::Value Rejected(Napi::Env env, Napi::Error err) {
   auto d = Napi::Promise::Deferred::New(env);
@@ -206,7 +122,18 @@ Napi::Value ReadDirect(const Napi::CallbackInfo& info) {
     if (total > kMaxBytes) return Rejected(env, Napi::RangeError::New(env, "readDirect: more than 16 MiB asked"));
     ranges.push_back(r);
   }
-  return DirectReadWorker::Start(env, std::move(path), std::move(ranges));
+  // Errors are shaped like Node's fs errors (errno_worker.h): `code` the errno name, `errno` negative.
+  auto results = std::make_shared<std::vector<std::vector<uint8_t>>>();
+  return ErrnoWorker::Start(
+      env, "a direct read",
+      [path = std::move(path), ranges = std::move(ranges), results]() { return ReadRanges(path, ranges, *results); },
+      [results](Napi::Env env) -> Napi::Value {
+        Napi::Array out = Napi::Array::New(env, results->size());
+        for (size_t i = 0; i < results->size(); i++) {
+          out.Set(i, Napi::Buffer<uint8_t>::Copy(env, (*results)[i].data(), (*results)[i].size()));
+        }
+        return out;
+      });
 }
 
 }  // namespace virt

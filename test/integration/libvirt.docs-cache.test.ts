@@ -3,6 +3,7 @@ import type { DomainEvent, MetadataNamespace } from '../../src/domain/ports.js';
 import { LibvirtHypervisor } from '../../src/infra/libvirt/libvirt.hypervisor.js';
 import { toLibvirtMetadata } from '../../src/infra/libvirt/metadata-ns.xml.js';
 import { loadVirt, type NativeConnection, type NativeDomain, type NativeEvent, type VirtBinding } from '../../src/infra/libvirt/virt.native.js';
+import { bind } from '../support/proxy.js';
 import { LIBVIRT_URI, TestVms } from '../support/vm.js';
 
 /**
@@ -22,16 +23,6 @@ const flat = (xml: string | null): string | null => xml?.replace(/>\s+</g, '><')
 interface Reads {
   metadata: number;
   xml: number;
-}
-
-function bind<T extends object>(target: T, overrides: Partial<Record<PropertyKey, unknown>>): T {
-  return new Proxy(target, {
-    get(t, prop) {
-      if (prop in overrides) return overrides[prop];
-      const v: unknown = Reflect.get(t, prop, t);
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
-    },
-  });
 }
 
 /** The real addon, counting getMetadata and XMLDesc calls. */

@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { DomainEvent, MetadataNamespace } from '../../src/domain/ports.js';
 import { LibvirtHypervisor } from '../../src/infra/libvirt/libvirt.hypervisor.js';
 import { loadVirt, type NativeConnection, type NativeDomain, type NativeEvent, type VirtBinding } from '../../src/infra/libvirt/virt.native.js';
+import { bind } from '../support/proxy.js';
 import { LIBVIRT_URI, TestVms, type TestVm } from '../support/vm.js';
 
 /**
@@ -23,16 +24,6 @@ const run = promisify(execFile);
 interface Probe {
   /** isActive + isPersistent calls made through the binding */
   stateQueries: number;
-}
-
-function bind<T extends object>(target: T, overrides: Partial<Record<PropertyKey, unknown>>): T {
-  return new Proxy(target, {
-    get(t, prop) {
-      if (prop in overrides) return overrides[prop];
-      const v: unknown = Reflect.get(t, prop, t);
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
-    },
-  });
 }
 
 /** The real addon, counting state queries; `lifecycle: false` drops lifecycle events. */

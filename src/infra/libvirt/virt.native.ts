@@ -226,13 +226,22 @@ function addonPath(): string {
   throw new Error('build/Release/virt.node not found: run `npm ci` (or `npx node-gyp rebuild`) to build the libvirt addon');
 }
 
-let loaded: VirtBinding | undefined;
+let loaded: unknown;
 
-/** Loads the addon on first use, so modules importing this one work without it. */
-export function loadVirt(): VirtBinding {
+/**
+ * The addon module, loaded on first use, so modules importing this one work without it.
+ * Each typed view declares its own part of it: this file the libvirt API,
+ * storage/loop.native.ts the loop ioctls and the holder scan, storage/direct-read.native.ts
+ * the O_DIRECT reads.
+ */
+export function loadAddon(): unknown {
   if (loaded === undefined) {
     const require = createRequire(import.meta.url);
-    loaded = require(addonPath()) as VirtBinding;
+    loaded = require(addonPath());
   }
   return loaded;
+}
+
+export function loadVirt(): VirtBinding {
+  return loadAddon() as VirtBinding;
 }

@@ -1,4 +1,4 @@
-import { loadVirt } from '../libvirt/virt.native.js';
+import { loadAddon } from '../libvirt/virt.native.js';
 
 /**
  * Typed view of the loop-device and /proc functions of the project's addon (native/loop.cc).
@@ -47,7 +47,7 @@ interface LoopBinding {
   listLoops(): Promise<LoopSysfsEntry[]>;
 }
 
-const binding = (): LoopBinding => loadVirt() as unknown as LoopBinding;
+const binding = (): LoopBinding => loadAddon() as LoopBinding;
 
 /**
  * A read-only loop device over `sizeLimit` bytes of `backingFile` from `offset`, not
