@@ -149,7 +149,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     return this.onDomain(vmId, async (lease, dom) => {
       const version = this.docs.disksVersion(vmId);
       const disks = cdromDisks(await this.domainXml(lease, dom, vmId));
-      this.docs.keepDisks(vmId, disks, version);
+      if (this.running(vmId)) this.docs.keepDisks(vmId, disks, version);
       const drives = new Map<string, DriveSource | null>();
       for (const disk of disks) drives.set(disk.drive, await this.trueSource(lease, dom, vmId, disk.drive, disk));
       return drives;
@@ -162,7 +162,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     try {
       now = await this.onDomain(vmId, async (lease, dom) => this.changeMedium(lease, dom, vmId, drive, source, await this.state(lease, dom, vmId)));
     } finally {
-      this.docs.updated(vmId, token, drive, now);
+      this.docs.updated(vmId, token, drive, this.running(vmId) ? now : undefined);
     }
   }
 
@@ -172,7 +172,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     if (known !== undefined) return known;
     const version = this.docs.metadataVersion(vmId, ns.uri);
     const xml = await this.readMetadata(vmId, ns);
-    this.docs.keepMetadata(vmId, ns.uri, xml, version);
+    if (this.running(vmId)) this.docs.keepMetadata(vmId, ns.uri, xml, version);
     return xml;
   }
 
@@ -206,7 +206,7 @@ export class LibvirtHypervisor implements HypervisorPort {
       await this.writeMetadata(vmId, ns, body, k);
       written = true;
     } finally {
-      this.docs.wrote(vmId, ns.uri, token, written ? xml : undefined);
+      this.docs.wrote(vmId, ns.uri, token, written && this.running(vmId) ? xml : undefined);
     }
   }
 
@@ -339,10 +339,18 @@ export class LibvirtHypervisor implements HypervisorPort {
     if (known !== undefined) return known;
     const version = this.docs.disksVersion(vmId);
     const disks = cdromDisks(await this.domainXml(lease, dom, vmId));
-    if (!updating) this.docs.keepDisks(vmId, disks, version);
+    if (!updating && this.running(vmId)) this.docs.keepDisks(vmId, disks, version);
     const disk = disks.find((d) => d.drive === drive);
     if (disk === undefined) throw new CdromError('DRIVE_NOT_FOUND', `VM ${vmId} has no CD-ROM ${drive}`);
     return disk;
+  }
+
+  /**
+   * Documents are kept (DomainDocs) only for a domain known to be running: a change to an
+   * inactive domain's persistent definition moves no tray and may say nothing else.
+   */
+  private running(vmId: string): boolean {
+    return this.states.get(vmId)?.[0] === true;
   }
 
   /** Live (and config when persistent) for a running domain, else its persistent config. */
