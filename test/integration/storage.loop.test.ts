@@ -6,6 +6,7 @@ import type { Pdiv } from '../../src/domain/media.js';
 import type { StoragePort } from '../../src/domain/ports.js';
 import { silentLogger } from '../../src/infra/logging.js';
 import { createStorage } from '../../src/infra/storage/index.js';
+import { loopDetach } from '../../src/infra/storage/loop.native.js';
 import { type BlockTestDomain, canUseLoopLvm, codeOf, type FileTestDomain, holdOpen, isoLabel, loopsOver, useTestStorage } from '../support/storage.js';
 
 const POOL = randomUUID();
@@ -99,6 +100,19 @@ describe.skipIf(!canUseLoopLvm())('loop-activated LVM storage (real LVM metadata
     await expect(lstat(path)).rejects.toThrow(/ENOENT/);
     expect(await s.teardownVolume(pdiv)).toBe('done');
     expect((await s.listActiveVolumes()).map((p) => p.volumeID)).not.toContain(pdiv.volumeID);
+  });
+
+  it('a link a killed worker left after the detach is removed when recovery asks for the activation', async () => {
+    const pdiv = pdivOf(2);
+    const { path } = await s.prepareVolume(pdiv);
+    const device = await realpath(path);
+    // the worker died between its detach and its unlink
+    expect(await loopDetach(device)).toBe('detached');
+    const restarted = adapter();
+    expect((await lstat(path)).isSymbolicLink()).toBe(true);
+    expect(await restarted.volumeActivation(pdiv)).toBe('inactive');
+    await expect(lstat(path)).rejects.toThrow(/ENOENT/);
+    expect(await mappingsOf(2)).toEqual([]);
   });
 
   it('missing LV, missing image tag and unknown domain are VOLUME_NOT_FOUND', async () => {

@@ -112,7 +112,10 @@ export class BlockDomains {
 
   async teardown(volume: LvVolume, pdiv: Pdiv, signal: AbortSignal): Promise<TeardownResult> {
     const result = await this.options.activator.deactivate(volume, signal);
-    if (result === 'done') {
+    // `in-use` with no live mapping left: someone opened the device between the check and
+    // the detach, which then only scheduled its removal on their last close. The link
+    // would soon name a device that is no longer this LV's (and may become another's).
+    if (result === 'done' || (await this.options.activator.activeDevice(volume, signal)) === null) {
       try {
         await removeLink(this.linkPath(pdiv.domainID, pdiv.imageID, pdiv.volumeID));
       } catch (err) {
@@ -131,8 +134,15 @@ export class BlockDomains {
     }
   }
 
-  async activation(volume: LvVolume, signal: AbortSignal): Promise<VolumeActivation> {
-    return (await this.options.activator.activeDevice(volume, signal)) === null ? 'inactive' : 'active';
+  /**
+   * Inactive with its link left behind (a worker killed between the detach and the
+   * unlink; recovery asks this for every volume a recorded change names): the link is
+   * removed, since it names a device that is not this LV's any more.
+   */
+  async activation(volume: LvVolume, pdiv: Pdiv, signal: AbortSignal): Promise<VolumeActivation> {
+    if ((await this.options.activator.activeDevice(volume, signal)) !== null) return 'active';
+    await this.removeStaleLink(pdiv);
+    return 'inactive';
   }
 
   /**

@@ -100,7 +100,7 @@ export class StorageAdapter implements StoragePort {
         checkDeadline(signal, 'activation query');
         try {
           const volume = await this.parts.block.find(pdiv, signal, 'INTERNAL');
-          return volume === null ? 'inactive' : await this.parts.block.activation(volume, signal);
+          return volume === null ? 'inactive' : await this.parts.block.activation(volume, pdiv, signal);
         } catch (err) {
           if (err instanceof CdromError && err.code === 'VOLUME_NOT_FOUND') return 'inactive';
           throw storageError(err, 'INTERNAL', `reading the activation of ${describeMedia(pdiv)}`);
