@@ -320,14 +320,18 @@ describe.skipIf(!canUseLoopLvm())('faults: libvirtd and QEMU misbehaving (CONTRA
         c.faults.cont(pid, `QEMU of ${vm1.name}`);
       }
       await c.settle(vm1Ids, 60_000);
-      // "Normal time" on a machine shared with other tests: the bound for each change is 2 × the
-      // p90 of the same changes just before (one noisy sample must not fail it), and the
-      // typical change (p50) must stay within 2 × the p50 before.
-      const [p50, p90, hungP50] = [q(normal, 0.5), q(normal, 0.9), q(hung, 0.5)];
+      // "Normal time" on a machine shared with other tests: the typical change (p50) and the
+      // slow ones (p90) during the hang stay within 2 × the same before; no single change
+      // comes near what waiting on the hung VM would cost (the 2 s step timeout): each stays
+      // under 2 × the p90 before or 500 ms, whichever is more. The bound is not 2 × p90 alone:
+      // ~200 changes during the hang against 10 before, a change now takes ~80 ms, and one
+      // scheduling hiccup of ~100 ms on the shared machine is no coupling to the other VM.
+      const [p50, p90, hungP50, hungP90] = [q(normal, 0.5), q(normal, 0.9), q(hung, 0.5), q(hung, 0.9)];
       c.note(`before: p50 ${p50.toFixed(0)} p90 ${p90.toFixed(0)} ms (${normal.map((x) => x.toFixed(0)).join(' ')}); during the hang: p50 ${hungP50.toFixed(0)} max ${Math.max(...hung).toFixed(0)} ms (${hung.map((x) => x.toFixed(0)).join(' ')}); /healthz ${[...new Set(health)].join(',')}; cdrom_hung_calls max ${hungCalls}`);
       expect.soft(hung.length, 'changes of VM2 during the hang').toBeGreaterThanOrEqual(5);
-      expect.soft(hung.filter((ms) => ms > 2 * p90).map((ms) => Math.round(ms)), `VM2 changes during the hang slower than 2 × ${p90.toFixed(0)} ms (p90 before)`).toEqual([]);
+      expect.soft(hung.filter((ms) => ms > Math.max(2 * p90, 500)).map((ms) => Math.round(ms)), `VM2 changes during the hang slower than 2 × ${p90.toFixed(0)} ms (p90 before) and 500 ms`).toEqual([]);
       expect.soft(hungP50, `VM2 p50 during the hang against 2 × ${p50.toFixed(0)} ms (p50 before)`).toBeLessThanOrEqual(2 * p50);
+      expect.soft(hungP90, `VM2 p90 during the hang against 2 × ${p90.toFixed(0)} ms (p90 before)`).toBeLessThanOrEqual(2 * p90);
       expect.soft(health.filter((s) => s !== 200), '/healthz during the hang').toEqual([]);
       expect.soft(hungCalls !== null && hungCalls >= 1, `cdrom_hung_calls during the hang: max ${hungCalls ?? 'absent from /metrics'}`).toBe(true);
       expect.soft(c.problems()).toEqual([]);
