@@ -9,7 +9,7 @@ const disk = (path: string): CdromDisk => ({ drive: 'sdc', element: parseXml(`<d
 
 function docs(): { d: DomainDocs; clock: { t: number } } {
   const clock = { t: 1_000 };
-  const d = new DomainDocs(64, () => clock.t);
+  const d = new DomainDocs(64, () => true, () => clock.t);
   d.enable();
   return { d, clock };
 }
@@ -82,6 +82,26 @@ describe('DomainDocs: metadata', () => {
     d.keepMetadata(VM, NS, '<a/>', d.metadataVersion(VM, NS));
     const t = d.writing(VM, NS);
     d.wrote(VM, NS, t, '<b/>');
+    expect(d.metadataOf(VM, NS)).toBeUndefined();
+  });
+});
+
+describe('DomainDocs: domains it may keep', () => {
+  it('keeps nothing of a domain `keeps` refuses, and still counts its own writes against their events', () => {
+    let running = false;
+    const d = new DomainDocs(64, () => running);
+    d.enable();
+    d.keepMetadata(VM, NS, '<a/>', d.metadataVersion(VM, NS));
+    d.keepDisks(VM, [disk('/a.iso')], d.disksVersion(VM));
+    const t = d.writing(VM, NS);
+    d.wrote(VM, NS, t, '<b/>');
+    expect(d.metadataOf(VM, NS)).toBeUndefined();
+    expect(d.diskOf(VM, 'sdc')).toBeUndefined();
+    running = true;
+    d.onMetadataEvent(VM, NS); // the refused write's own event
+    d.keepMetadata(VM, NS, '<b/>', d.metadataVersion(VM, NS));
+    expect(d.metadataOf(VM, NS)).toBe('<b/>');
+    d.onMetadataEvent(VM, NS); // someone else's
     expect(d.metadataOf(VM, NS)).toBeUndefined();
   });
 });

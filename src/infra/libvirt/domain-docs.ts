@@ -20,6 +20,9 @@ import type { CdromDisk } from './cdrom-disk.xml.js';
  * - lifecycle and device-removed events, a vanished domain, and the events connection
  *   going down (events missed) forget everything concerned; nothing is kept until the
  *   link is up again.
+ * - only documents of domains `keeps` accepts are kept (the adapter: those known to be
+ *   running — a change to an inactive domain's persistent definition moves no tray and
+ *   may send no other event).
  *
  * Reads race events: a read keeps its answer only if no invalidation came since its
  * `version` was taken. Bounded: when full it starts over.
@@ -53,6 +56,7 @@ export class DomainDocs {
 
   constructor(
     private readonly max: number,
+    private readonly keeps: (vmId: string) => boolean = () => true,
     private readonly now: () => number = Date.now,
   ) {}
 
@@ -77,7 +81,7 @@ export class DomainDocs {
 
   /** Keeps what a read returned, unless something changed it since `version`. */
   keepMetadata(vmId: string, nsUri: string, xml: string | null, version: number): void {
-    if (!this.enabled) return;
+    if (!this.enabled || !this.keeps(vmId)) return;
     const e = this.mdEntry(vmId, nsUri);
     if (e.version === version && e.own === 0) e.xml = xml;
   }
@@ -99,6 +103,11 @@ export class DomainDocs {
     if (xml === undefined) {
       // no event comes for a failed write; one that lands anyway only forgets the entry
       e.own = Math.max(0, e.own - 1);
+      this.forgetMetadataEntry(e);
+      return;
+    }
+    if (!this.keeps(vmId)) {
+      // its event still comes: `own` stays counted
       this.forgetMetadataEntry(e);
       return;
     }
@@ -133,7 +142,7 @@ export class DomainDocs {
 
   /** Keeps the disks a domain XML read showed, unless something changed them since `version`. */
   keepDisks(vmId: string, disks: readonly CdromDisk[], version: number): void {
-    if (!this.enabled) return;
+    if (!this.enabled || !this.keeps(vmId)) return;
     const e = this.disksEntry(vmId);
     if (e.version !== version || e.updating > 0) return;
     e.drives = new Map(disks.map((d) => [d.drive, d]));
@@ -151,7 +160,7 @@ export class DomainDocs {
     const e = this.disks.get(vmId.toLowerCase());
     if (e === undefined) return;
     e.updating = Math.max(0, e.updating - 1);
-    if (disk === undefined || !this.enabled || e.version !== token) {
+    if (disk === undefined || !this.enabled || e.version !== token || !this.keeps(vmId)) {
       e.drives.delete(drive);
       return;
     }

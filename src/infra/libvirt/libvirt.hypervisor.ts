@@ -59,8 +59,8 @@ export class LibvirtHypervisor implements HypervisorPort {
   private readonly events: EventsLink;
   /** [active, persistent] per running domain, kept while the events link is up */
   private readonly states = new DomainStates(MAX_HANDLES_PER_CONNECTION);
-  /** metadata and CD-ROM disks as last read or written, kept while events can correct them */
-  private readonly docs = new DomainDocs(4 * MAX_HANDLES_PER_CONNECTION);
+  /** metadata and CD-ROM disks as last read or written, kept while events can correct them, of domains known to be running */
+  private readonly docs = new DomainDocs(4 * MAX_HANDLES_PER_CONNECTION, (vmId) => this.states.get(vmId)?.[0] === true);
   private closed = false;
   private readonly listeners = new Set<(e: DomainEvent) => void>();
   /** Events are emitted in libvirt's order even though mapping one may need a lookup. */
@@ -149,7 +149,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     return this.onDomain(vmId, async (lease, dom) => {
       const version = this.docs.disksVersion(vmId);
       const disks = cdromDisks(await this.domainXml(lease, dom, vmId));
-      if (this.running(vmId)) this.docs.keepDisks(vmId, disks, version);
+      this.docs.keepDisks(vmId, disks, version);
       const drives = new Map<string, DriveSource | null>();
       for (const disk of disks) drives.set(disk.drive, await this.trueSource(lease, dom, vmId, disk.drive, disk));
       return drives;
@@ -162,7 +162,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     try {
       now = await this.onDomain(vmId, async (lease, dom) => this.changeMedium(lease, dom, vmId, drive, source, await this.state(lease, dom, vmId)));
     } finally {
-      this.docs.updated(vmId, token, drive, this.running(vmId) ? now : undefined);
+      this.docs.updated(vmId, token, drive, now);
     }
   }
 
@@ -172,7 +172,7 @@ export class LibvirtHypervisor implements HypervisorPort {
     if (known !== undefined) return known;
     const version = this.docs.metadataVersion(vmId, ns.uri);
     const xml = await this.readMetadata(vmId, ns);
-    if (this.running(vmId)) this.docs.keepMetadata(vmId, ns.uri, xml, version);
+    this.docs.keepMetadata(vmId, ns.uri, xml, version);
     return xml;
   }
 
@@ -206,7 +206,7 @@ export class LibvirtHypervisor implements HypervisorPort {
       await this.writeMetadata(vmId, ns, body, k);
       written = true;
     } finally {
-      this.docs.wrote(vmId, ns.uri, token, written && this.running(vmId) ? xml : undefined);
+      this.docs.wrote(vmId, ns.uri, token, written ? xml : undefined);
     }
   }
 
@@ -332,25 +332,18 @@ export class LibvirtHypervisor implements HypervisorPort {
 
   /**
    * The drive's `<disk>`: as last read or sent when events say nothing changed it since
-   * (`cached`: also while an own update of the domain runs — the one asking), else read.
+   * (`updating`: asked by an own update of the domain, which that update does not hide),
+   * else read.
    */
   private async disk(lease: Lease, dom: NativeDomain, vmId: string, drive: string, updating = false): Promise<CdromDisk> {
     const known = this.docs.diskOf(vmId, drive, updating);
     if (known !== undefined) return known;
     const version = this.docs.disksVersion(vmId);
     const disks = cdromDisks(await this.domainXml(lease, dom, vmId));
-    if (!updating && this.running(vmId)) this.docs.keepDisks(vmId, disks, version);
+    this.docs.keepDisks(vmId, disks, version);
     const disk = disks.find((d) => d.drive === drive);
     if (disk === undefined) throw new CdromError('DRIVE_NOT_FOUND', `VM ${vmId} has no CD-ROM ${drive}`);
     return disk;
-  }
-
-  /**
-   * Documents are kept (DomainDocs) only for a domain known to be running: a change to an
-   * inactive domain's persistent definition moves no tray and may say nothing else.
-   */
-  private running(vmId: string): boolean {
-    return this.states.get(vmId)?.[0] === true;
   }
 
   /** Live (and config when persistent) for a running domain, else its persistent config. */
