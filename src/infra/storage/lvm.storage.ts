@@ -115,17 +115,11 @@ export class BlockDomains {
     // `in-use` with no live mapping left: someone opened the device between the check and
     // the detach, which then only scheduled its removal on their last close. The link
     // would soon name a device that is no longer this LV's (and may become another's).
-    if (result === 'done' || (await this.options.activator.activeDevice(volume, signal)) === null) {
-      try {
-        await removeLink(this.linkPath(pdiv.domainID, pdiv.imageID, pdiv.volumeID));
-      } catch (err) {
-        throw storageError(err, 'TEARDOWN_FAILED', 'removing the volume link');
-      }
-    }
+    if (result === 'done' || (await this.options.activator.activeDevice(volume, signal)) === null) await this.removeStaleLink(pdiv);
     return result;
   }
 
-  /** Teardown of a volume LVM no longer knows: only our link may be left. */
+  /** Removes the volume's link (a volume torn down, inactive, or one LVM no longer knows). */
   async removeStaleLink(pdiv: Pdiv): Promise<void> {
     try {
       await removeLink(this.linkPath(pdiv.domainID, pdiv.imageID, pdiv.volumeID));
