@@ -151,10 +151,14 @@ class PromiseWorker : public Settleable {
   VirtError err_;
 };
 
-inline Napi::Promise RejectedPromise(Napi::Env env, const std::string& message) {
+inline Napi::Promise RejectedPromise(Napi::Env env, const Napi::Error& err) {
   auto d = Napi::Promise::Deferred::New(env);
-  d.Reject(Napi::Error::New(env, message).Value());
+  d.Reject(err.Value());
   return d.Promise();
+}
+
+inline Napi::Promise RejectedPromise(Napi::Env env, const std::string& message) {
+  return RejectedPromise(env, Napi::Error::New(env, message));
 }
 
 void EnsureEventLoop(Napi::Env env);

@@ -83,12 +83,6 @@ SysError ReadRanges(const std::string& path, const std::vector<Range>& ranges, s
   return {};
 }
 
-Napi::Value Rejected(Napi::Env env, Napi::Error err) {
-  auto d = Napi::Promise::Deferred::New(env);
-  d.Reject(err.Value());
-  return d.Promise();
-}
-
 bool SafeUint(Napi::Value v, uint64_t& out) {
   if (!v.IsNumber()) return false;
   double n = v.As<Napi::Number>().DoubleValue();
@@ -102,12 +96,12 @@ bool SafeUint(Napi::Value v, uint64_t& out) {
 Napi::Value ReadDirect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage = "readDirect(path, [{ offset, length }, ...])";
-  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray()) return Rejected(env, Napi::TypeError::New(env, usage));
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray()) return RejectedPromise(env, Napi::TypeError::New(env, usage));
   std::string path = info[0].As<Napi::String>().Utf8Value();
-  if (path.empty() || path.find('\0') != std::string::npos) return Rejected(env, Napi::TypeError::New(env, "readDirect: bad path"));
+  if (path.empty() || path.find('\0') != std::string::npos) return RejectedPromise(env, Napi::TypeError::New(env, "readDirect: bad path"));
   Napi::Array list = info[1].As<Napi::Array>();
   if (list.Length() == 0 || list.Length() > kMaxRanges) {
-    return Rejected(env, Napi::RangeError::New(env, "readDirect: 1 to " + std::to_string(kMaxRanges) + " ranges"));
+    return RejectedPromise(env, Napi::RangeError::New(env, "readDirect: 1 to " + std::to_string(kMaxRanges) + " ranges"));
   }
   std::vector<Range> ranges;
   uint64_t total = 0;
@@ -116,10 +110,10 @@ Napi::Value ReadDirect(const Napi::CallbackInfo& info) {
     Range r{};
     if (!item.IsObject() || !SafeUint(item.As<Napi::Object>().Get("offset"), r.offset) ||
         !SafeUint(item.As<Napi::Object>().Get("length"), r.length) || r.length == 0) {
-      return Rejected(env, Napi::TypeError::New(env, usage));
+      return RejectedPromise(env, Napi::TypeError::New(env, usage));
     }
     total += r.length;
-    if (total > kMaxBytes) return Rejected(env, Napi::RangeError::New(env, "readDirect: more than 16 MiB asked"));
+    if (total > kMaxBytes) return RejectedPromise(env, Napi::RangeError::New(env, "readDirect: more than 16 MiB asked"));
     ranges.push_back(r);
   }
   // Errors are shaped like Node's fs errors (errno_worker.h): `code` the errno name, `errno` negative.
